@@ -1,1 +1,42 @@
-fn main() {}
+//! Entry point: parse the command line, set up logging, run, and map the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use fiskil_token_refresher::config::{Args, Config};
+
+fn main() -> ExitCode {
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("fiskil-token-refresher: error: a TLS crypto provider was already installed");
+        return ExitCode::from(1);
+    }
+    let args = Args::parse();
+    let config = match Config::from_args(args, |name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("fiskil-token-refresher: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    fiskil_token_refresher::telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(fiskil_token_refresher::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "exiting");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

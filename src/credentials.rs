@@ -1,0 +1,314 @@
+//! The client credentials: read from mounted files (or values), and watched for rotation.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// How often a read that failed in the middle of a Secret volume update is retried.
+const READ_ATTEMPTS: u32 = 5;
+const READ_RETRY_DELAY: Duration = Duration::from_millis(50);
+/// Quiet time after a file event before re-reading, so one volume update is read once.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Where one credential comes from.
+#[derive(Debug)]
+pub enum Source {
+    /// A file, usually a key of a mounted Secret.
+    File { name: &'static str, path: PathBuf },
+    /// A value from the environment.
+    Value {
+        name: &'static str,
+        env: &'static str,
+        value: SecretString,
+    },
+}
+
+/// Where both credentials come from.
+#[derive(Debug)]
+pub struct CredentialSources {
+    pub client_id: Source,
+    pub client_secret: Source,
+}
+
+/// The client credentials. `Debug` shows neither value.
+pub struct Credentials {
+    pub client_id: SecretString,
+    pub client_secret: SecretString,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials([REDACTED])")
+    }
+}
+
+impl PartialEq for Credentials {
+    fn eq(&self, other: &Self) -> bool {
+        self.client_id.expose_secret() == other.client_id.expose_secret()
+            && self.client_secret.expose_secret() == other.client_secret.expose_secret()
+    }
+}
+
+/// A credential that cannot be used; names the file, never its content.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read the {name} file {path}: {source}; mount the credentials Secret there or set --{name_flag}-file", name_flag = flag_name(name))]
+    Read {
+        name: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("the {name} file {path} is empty; put the {name} from the Fiskil console in it")]
+    EmptyFile { name: &'static str, path: PathBuf },
+    #[error("{env} is set but empty; set it to the {name} or unset it to use the file")]
+    EmptyValue {
+        name: &'static str,
+        env: &'static str,
+    },
+}
+
+fn flag_name(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+impl Source {
+    fn read(&self) -> Result<SecretString, CredentialsError> {
+        match self {
+            Source::Value { name, env, value } => {
+                let trimmed = value.expose_secret().trim();
+                if trimmed.is_empty() {
+                    return Err(CredentialsError::EmptyValue { name, env });
+                }
+                Ok(SecretString::from(trimmed))
+            }
+            Source::File { name, path } => {
+                let raw = read_with_retry(path).map_err(|source| CredentialsError::Read {
+                    name,
+                    path: path.clone(),
+                    source,
+                })?;
+                let raw = SecretString::from(raw);
+                let trimmed = raw.expose_secret().trim();
+                if trimmed.is_empty() {
+                    return Err(CredentialsError::EmptyFile {
+                        name,
+                        path: path.clone(),
+                    });
+                }
+                Ok(SecretString::from(trimmed))
+            }
+        }
+    }
+
+    fn directory(&self) -> Option<PathBuf> {
+        match self {
+            Source::File { path, .. } => Some(match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                _ => PathBuf::from("."),
+            }),
+            Source::Value { .. } => None,
+        }
+    }
+}
+
+/// Reads a file, retrying briefly when it vanishes in the middle of a Secret volume update.
+fn read_with_retry(path: &Path) -> io::Result<String> {
+    let mut attempt = 1;
+    loop {
+        match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < READ_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(READ_RETRY_DELAY);
+            }
+            other => return other,
+        }
+    }
+}
+
+impl CredentialSources {
+    /// Reads both credentials, trimmed of surrounding whitespace.
+    pub fn load(&self) -> Result<Credentials, CredentialsError> {
+        Ok(Credentials {
+            client_id: self.client_id.read()?,
+            client_secret: self.client_secret.read()?,
+        })
+    }
+
+    /// The directories holding credential files, to watch for changes.
+    fn directories(&self) -> BTreeSet<PathBuf> {
+        [&self.client_id, &self.client_secret]
+            .into_iter()
+            .filter_map(Source::directory)
+            .collect()
+    }
+
+    fn has_files(&self) -> bool {
+        !self.directories().is_empty()
+    }
+}
+
+/// Watches the credential files and publishes each change. Kubernetes updates a Secret volume
+/// by swapping a `..data` symlink in the mount directory, so the directory is watched rather
+/// than the files, and a periodic re-read backs the watch up where events do not arrive.
+pub fn watch(
+    sources: CredentialSources,
+    initial: Credentials,
+    poll_interval: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> watch::Receiver<Arc<Credentials>> {
+    let (tx, rx) = watch::channel(Arc::new(initial));
+    if sources.has_files() {
+        tokio::spawn(run_watcher(sources, tx, poll_interval, metrics, shutdown));
+    }
+    rx
+}
+
+async fn run_watcher(
+    sources: CredentialSources,
+    tx: watch::Sender<Arc<Credentials>>,
+    poll_interval: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let (events_tx, mut events) = mpsc::channel::<()>(1);
+    let _watcher = start_file_watch(&sources.directories(), events_tx);
+    let sources = Arc::new(sources);
+    let mut poll = tokio::time::interval(poll_interval);
+    poll.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = poll.tick() => {}
+            Some(()) = events.recv() => {
+                tokio::time::sleep(SETTLE).await;
+                while events.try_recv().is_ok() {}
+            }
+        }
+        let reader = Arc::clone(&sources);
+        let loaded = match tokio::task::spawn_blocking(move || reader.load()).await {
+            Ok(loaded) => loaded,
+            Err(join) => {
+                tracing::error!(error = %join, "credential reader task failed");
+                continue;
+            }
+        };
+        match loaded {
+            Ok(new) if **tx.borrow() != new => {
+                metrics.credential_reloads.inc();
+                tracing::info!("credentials changed; requesting a token with the new ones");
+                tx.send_replace(Arc::new(new));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "keeping the previous credentials");
+            }
+        }
+    }
+}
+
+/// Starts an inotify-style watch on the directories; returns `None` (polling only) on failure.
+fn start_file_watch(
+    directories: &BTreeSet<PathBuf>,
+    events: mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    let handler = move |result: notify::Result<notify::Event>| {
+        if result.is_ok() {
+            let _ = events.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(watcher) => watcher,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the credential files; relying on periodic re-reads");
+            return None;
+        }
+    };
+    for dir in directories {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot watch a credentials directory; relying on periodic re-reads");
+        }
+    }
+    Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_sources(dir: &Path) -> CredentialSources {
+        CredentialSources {
+            client_id: Source::File {
+                name: "client_id",
+                path: dir.join("client_id"),
+            },
+            client_secret: Source::File {
+                name: "client_secret",
+                path: dir.join("client_secret"),
+            },
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fiskil-creds-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn values_are_trimmed() {
+        let dir = temp_dir("trim");
+        std::fs::write(dir.join("client_id"), "  id-1\n").unwrap();
+        std::fs::write(dir.join("client_secret"), "secret-1\r\n").unwrap();
+        let creds = file_sources(&dir).load().unwrap();
+        assert_eq!(creds.client_id.expose_secret(), "id-1");
+        assert_eq!(creds.client_secret.expose_secret(), "secret-1");
+        assert_eq!(format!("{creds:?}"), "Credentials([REDACTED])");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_never_the_content() {
+        let dir = temp_dir("errors");
+        std::fs::write(dir.join("client_id"), "id-1").unwrap();
+        let err = file_sources(&dir).load().unwrap_err().to_string();
+        assert!(err.contains("client_secret file"), "{err}");
+        assert!(err.contains(&dir.join("client_secret").display().to_string()));
+        assert!(err.contains("--client-secret-file"), "{err}");
+        std::fs::write(dir.join("client_secret"), " \n").unwrap();
+        let err = file_sources(&dir).load().unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
+        assert!(!err.contains("id-1"));
+    }
+
+    #[test]
+    fn env_values_must_not_be_blank() {
+        let sources = CredentialSources {
+            client_id: Source::Value {
+                name: "client_id",
+                env: "FISKIL_CLIENT_ID",
+                value: SecretString::from(" "),
+            },
+            client_secret: Source::Value {
+                name: "client_secret",
+                env: "FISKIL_CLIENT_SECRET",
+                value: SecretString::from("x"),
+            },
+        };
+        let err = sources.load().unwrap_err().to_string();
+        assert!(
+            err.starts_with("FISKIL_CLIENT_ID is set but empty"),
+            "{err}"
+        );
+        assert!(!sources.has_files());
+    }
+}

@@ -1,0 +1,170 @@
+//! Keeps a valid Fiskil API bearer token in a file, refreshed before it expires.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod credentials;
+pub mod fiskil;
+pub mod metrics;
+pub mod refresher;
+pub mod schedule;
+pub mod signals;
+pub mod sink;
+pub mod status;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use config::Config;
+use credentials::CredentialsError;
+use fiskil::{ClientError, TokenClient};
+use metrics::Metrics;
+use refresher::{OnceError, Refresher};
+use sink::{file::FileError, Output, OutputError};
+use status::{OutputStatus, Status};
+
+/// How long outputs may take to finish their writes after a stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Why the daemon stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    FileSetup(#[from] FileError),
+    #[error("cannot listen on --listen {addr}: {source}; choose a free address or port")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error(transparent)]
+    Once(#[from] OnceError),
+    #[error("--once got a token but could not write it: {0}")]
+    OnceWrite(#[from] OutputError),
+}
+
+impl Error {
+    /// 2 for configuration errors found at start, 1 for failures at run time.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Credentials(_)
+            | Error::Client(_)
+            | Error::FileSetup(_)
+            | Error::Listen { .. } => 2,
+            Error::Signals(_) | Error::Once(_) | Error::OnceWrite(_) => 1,
+        }
+    }
+}
+
+/// Runs the daemon (or one exchange with `--once`) until a stop signal.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let credentials = config.credentials.load()?;
+    let client = TokenClient::new(&config.http)?;
+    let mut outputs = Vec::new();
+    if let Some(file) = &config.file {
+        outputs.push(Output::File(sink::file::FileSink::new(file)?));
+    }
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let refresh_now = Arc::new(Notify::new());
+    signals::install(shutdown.clone(), Arc::clone(&refresh_now)).map_err(Error::Signals)?;
+    let status = Arc::new(Status::new(
+        outputs
+            .iter()
+            .map(|o| Arc::new(OutputStatus::new(o.name())))
+            .collect(),
+    ));
+    let (tokens, tokens_rx) = watch::channel(None);
+
+    if let Some(timeout) = config.once {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let refresher = Refresher {
+            client,
+            credentials: watch::channel(Arc::new(credentials)).1,
+            timing: config.timing,
+            tokens,
+            status,
+            metrics: Arc::clone(&metrics),
+            refresh_now,
+        };
+        let token = refresher.once(deadline, &shutdown).await?;
+        for output in &outputs {
+            sink::write_once(output, &token, &metrics, config.timing, deadline).await?;
+        }
+        tracing::info!(
+            expires_at = %humantime::format_rfc3339_seconds(token.expires_at()),
+            "token written"
+        );
+        return Ok(());
+    }
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let listen = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), token_url = %config.http.token_url, "started");
+
+    let credentials = credentials::watch(
+        config.credentials,
+        credentials,
+        config.credentials_poll_interval,
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    );
+    let mut writers = JoinSet::new();
+    for (output, output_status) in outputs.into_iter().zip(status.outputs.iter()) {
+        writers.spawn(sink::run(
+            output,
+            tokens_rx.clone(),
+            Arc::clone(output_status),
+            Arc::clone(&metrics),
+            config.timing,
+            shutdown.clone(),
+        ));
+    }
+    let admin = tokio::spawn(admin::serve(
+        listener,
+        Arc::clone(&status),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+    Refresher {
+        client,
+        credentials,
+        timing: config.timing,
+        tokens,
+        status: Arc::clone(&status),
+        metrics,
+        refresh_now,
+    }
+    .run(shutdown.clone())
+    .await;
+    status.set_dead();
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while writers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("outputs still busy at shutdown; stopping them");
+    }
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_millis(500), admin).await {
+        tracing::warn!(error = %e, "health server stopped with an error");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

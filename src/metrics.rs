@@ -1,0 +1,209 @@
+//! The Prometheus metrics the daemon exports, and their text encoding.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Outcome of one token request, as the `result` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshResult {
+    Success,
+    Rejected,
+    Transient,
+    InvalidResponse,
+}
+
+impl RefreshResult {
+    fn label(self) -> &'static str {
+        match self {
+            RefreshResult::Success => "success",
+            RefreshResult::Rejected => "rejected",
+            RefreshResult::Transient => "transient",
+            RefreshResult::InvalidResponse => "invalid_response",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutputLabels {
+    output: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric, registered under the `fiskil_token_refresher_` prefix.
+pub struct Metrics {
+    registry: Registry,
+    refresh: Family<ResultLabels, Counter>,
+    refresh_duration: Histogram,
+    token_expiry: FloatGauge,
+    next_refresh: FloatGauge,
+    last_success: FloatGauge,
+    pub credential_reloads: Counter,
+    output_write: Family<OutputLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fiskil_token_refresher");
+        let refresh = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "refresh",
+            "Token requests by result: success, rejected, transient, invalid_response",
+            refresh.clone(),
+        );
+        let refresh_duration =
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        registry.register(
+            "refresh_duration_seconds",
+            "Time taken by token requests, whatever their result",
+            refresh_duration.clone(),
+        );
+        let token_expiry = FloatGauge::default();
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "Unix time at which the newest token expires",
+            token_expiry.clone(),
+        );
+        let next_refresh = FloatGauge::default();
+        registry.register(
+            "next_refresh_timestamp_seconds",
+            "Unix time of the next scheduled token request",
+            next_refresh.clone(),
+        );
+        let last_success = FloatGauge::default();
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful token request",
+            last_success.clone(),
+        );
+        let credential_reloads = Counter::default();
+        registry.register(
+            "credential_reloads",
+            "Changes of the client credentials picked up from their files",
+            credential_reloads.clone(),
+        );
+        let output_write = Family::<OutputLabels, Counter>::default();
+        registry.register(
+            "output_write",
+            "Token writes by output (file, secret) and result (success, error)",
+            output_write.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; the version label names the running build",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        Metrics {
+            registry,
+            refresh,
+            refresh_duration,
+            token_expiry,
+            next_refresh,
+            last_success,
+            credential_reloads,
+            output_write,
+        }
+    }
+
+    /// Records one token request.
+    pub fn observe_refresh(&self, result: RefreshResult, seconds: f64) {
+        self.refresh
+            .get_or_create(&ResultLabels {
+                result: result.label(),
+            })
+            .inc();
+        self.refresh_duration.observe(seconds);
+        if result == RefreshResult::Success {
+            self.last_success.set(unix_seconds(SystemTime::now()));
+        }
+    }
+
+    /// Records the expiry of a new token.
+    pub fn set_token_expiry(&self, at: SystemTime) {
+        self.token_expiry.set(unix_seconds(at));
+    }
+
+    /// Records when the next token request is due.
+    pub fn set_next_refresh(&self, at: SystemTime) {
+        self.next_refresh.set(unix_seconds(at));
+    }
+
+    /// Records one write to an output.
+    pub fn observe_write(&self, output: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.output_write
+            .get_or_create(&OutputLabels { output, result })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Seconds since the Unix epoch, as a float.
+pub fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_documentation() {
+        let metrics = Metrics::new();
+        metrics.observe_refresh(RefreshResult::InvalidResponse, 0.2);
+        metrics.observe_write("file", true);
+        metrics.credential_reloads.inc();
+        let text = metrics.encode();
+        for line in [
+            "fiskil_token_refresher_refresh_total{result=\"invalid_response\"} 1",
+            "fiskil_token_refresher_refresh_duration_seconds_count 1",
+            "fiskil_token_refresher_token_expiry_timestamp_seconds 0.0",
+            "fiskil_token_refresher_next_refresh_timestamp_seconds 0.0",
+            "fiskil_token_refresher_last_success_timestamp_seconds 0.0",
+            "fiskil_token_refresher_credential_reloads_total 1",
+            "fiskil_token_refresher_output_write_total{output=\"file\",result=\"success\"} 1",
+            "fiskil_token_refresher_build_info{version=\"",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The refresh loop: one token request at a time, scheduled before expiry, retried on failure.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::credentials::Credentials;
+use crate::fiskil::{ExchangeError, Token, TokenClient};
+use crate::metrics::{Metrics, RefreshResult};
+use crate::schedule::{Failure, Timing};
+use crate::status::Status;
+
+/// What the loop needs from the rest of the daemon.
+pub struct Refresher {
+    pub client: TokenClient,
+    pub credentials: watch::Receiver<Arc<Credentials>>,
+    pub timing: Timing,
+    pub tokens: watch::Sender<Option<Arc<Token>>>,
+    pub status: Arc<Status>,
+    pub metrics: Arc<Metrics>,
+    /// Notified on SIGHUP: refresh now.
+    pub refresh_now: Arc<Notify>,
+}
+
+/// Why `--once` gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum OnceError {
+    #[error(transparent)]
+    Rejected(ExchangeError),
+    #[error("no token within --once-timeout; last error: {0}")]
+    Timeout(ExchangeError),
+    #[error("stopped by a signal before a token arrived")]
+    Stopped,
+}
+
+impl Refresher {
+    /// Runs until `shutdown`: requests a token at once, then before each expiry, and at once
+    /// again whenever the credentials change or SIGHUP arrives.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut failures = 0;
+        let mut next = Instant::now();
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(next) => {}
+                changed = self.credentials.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    failures = 0;
+                }
+                () = self.refresh_now.notified() => {
+                    tracing::info!("SIGHUP received; refreshing the token now");
+                }
+            }
+            let credentials = Arc::clone(&self.credentials.borrow_and_update());
+            let sent = Instant::now();
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = self.client.exchange(&credentials) => result,
+            };
+            self.metrics
+                .observe_refresh(result_label(&result), sent.elapsed().as_secs_f64());
+            let delay = match result {
+                Ok(token) => {
+                    failures = 0;
+                    let delay = self.timing.refresh_delay(token.lifetime, rand::random());
+                    let next_wall = SystemTime::now() + delay.saturating_sub(sent.elapsed());
+                    tracing::info!(
+                        expires_at = %humantime::format_rfc3339_seconds(token.expires_at()),
+                        next_refresh_at = %humantime::format_rfc3339_seconds(next_wall),
+                        expires_in = token.lifetime.as_secs(),
+                        "token refreshed"
+                    );
+                    self.metrics.set_token_expiry(token.expires_at());
+                    self.tokens.send_replace(Some(Arc::new(token)));
+                    delay
+                }
+                Err(e) => {
+                    failures += 1;
+                    let delay = self
+                        .timing
+                        .retry_delay(failures, e.failure(), rand::random());
+                    log_failure(&e, failures, delay);
+                    sent.elapsed() + delay
+                }
+            };
+            next = sent + delay;
+            let next_wall = SystemTime::now() + next.saturating_duration_since(Instant::now());
+            self.status.set_next_refresh_at(next_wall);
+            self.metrics.set_next_refresh(next_wall);
+        }
+    }
+
+    /// Gets one token for `--once`: transient failures are retried until `deadline`, rejected
+    /// credentials end at once.
+    pub async fn once(
+        &self,
+        deadline: Instant,
+        shutdown: &CancellationToken,
+    ) -> Result<Token, OnceError> {
+        let credentials = Arc::clone(&self.credentials.borrow());
+        let mut failures = 0;
+        loop {
+            let sent = Instant::now();
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return Err(OnceError::Stopped),
+                result = tokio::time::timeout_at(deadline, self.client.exchange(&credentials)) => result,
+            };
+            let Ok(result) = result else {
+                return Err(OnceError::Timeout(ExchangeError::Transport(
+                    "the request was still running".to_owned(),
+                )));
+            };
+            self.metrics
+                .observe_refresh(result_label(&result), sent.elapsed().as_secs_f64());
+            let e = match result {
+                Ok(token) => return Ok(token),
+                Err(e) if e.failure() == Failure::Rejected => return Err(OnceError::Rejected(e)),
+                Err(e) => e,
+            };
+            failures += 1;
+            let delay = self
+                .timing
+                .retry_delay(failures, e.failure(), rand::random());
+            log_failure(&e, failures, delay);
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(OnceError::Stopped),
+                () = tokio::time::sleep_until(deadline.min(Instant::now() + delay)) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(OnceError::Timeout(e));
+            }
+        }
+    }
+}
+
+fn result_label(result: &Result<Token, ExchangeError>) -> RefreshResult {
+    match result {
+        Ok(_) => RefreshResult::Success,
+        Err(e) => match e.failure() {
+            Failure::Rejected => RefreshResult::Rejected,
+            Failure::Transient { .. } => RefreshResult::Transient,
+            Failure::InvalidResponse => RefreshResult::InvalidResponse,
+        },
+    }
+}
+
+fn log_failure(error: &ExchangeError, failures: u32, retry_in: Duration) {
+    match error.failure() {
+        Failure::Rejected => {
+            tracing::error!(error = %error, failures, retry_in = ?retry_in, "token request rejected; retrying when the credentials change or after the retry delay");
+        }
+        Failure::Transient { .. } | Failure::InvalidResponse => {
+            tracing::warn!(error = %error, failures, retry_in = ?retry_in, "token request failed; keeping the last good token");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! When to refresh and when to retry: pure functions of their inputs, randomness passed in.
+
+use std::time::{Duration, SystemTime};
+
+/// Refresh and retry timing, validated by the configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// Fraction of the lifetime after which the token is refreshed.
+    pub ratio: f64,
+    /// Width of the random window below `ratio`.
+    pub jitter: f64,
+    /// Floor for the delay between two token requests.
+    pub min_interval: Duration,
+    /// First retry delay ceiling.
+    pub backoff_initial: Duration,
+    /// Largest retry delay.
+    pub backoff_max: Duration,
+}
+
+/// Why a token request failed, as far as timing is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The endpoint refused the credentials: retrying soon will not help.
+    Rejected,
+    /// A passing fault; `retry_after` is what the endpoint asked for, if anything.
+    Transient { retry_after: Option<Duration> },
+    /// The endpoint answered with something unusable.
+    InvalidResponse,
+}
+
+impl Timing {
+    /// Delay from the moment a token request was sent until the next one, for a token living
+    /// `lifetime`. `unit` is a uniform random number in `[0, 1]`: the refresh lands in
+    /// `[ratio - jitter, ratio]` of the lifetime, but never sooner than `min_interval`.
+    pub fn refresh_delay(&self, lifetime: Duration, unit: f64) -> Duration {
+        let fraction = self.ratio - self.jitter * unit.clamp(0.0, 1.0);
+        lifetime.mul_f64(fraction).max(self.min_interval)
+    }
+
+    /// Exponential backoff with full jitter: a random delay up to
+    /// `min(backoff_max, backoff_initial * 2^(failures - 1))`. `unit` is uniform in `[0, 1]`.
+    pub fn backoff(&self, failures: u32, unit: f64) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        let ceiling = self
+            .backoff_initial
+            .saturating_mul(1 << doublings)
+            .min(self.backoff_max);
+        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+    }
+
+    /// Delay before the next attempt after `failures` consecutive failures.
+    pub fn retry_delay(&self, failures: u32, failure: Failure, unit: f64) -> Duration {
+        match failure {
+            Failure::Rejected => self.backoff_max,
+            Failure::Transient {
+                retry_after: Some(wait),
+            } => wait.min(self.backoff_max),
+            Failure::Transient { retry_after: None } | Failure::InvalidResponse => {
+                self.backoff(failures, unit)
+            }
+        }
+    }
+}
+
+/// Parses a `Retry-After` header value: delay-seconds or an HTTP date (relative to `now`).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMING: Timing = Timing {
+        ratio: 0.8,
+        jitter: 0.05,
+        min_interval: Duration::from_secs(1),
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+    };
+
+    #[test]
+    fn refresh_lands_in_the_jitter_window() {
+        let lifetime = Duration::from_secs(900);
+        assert_eq!(
+            TIMING.refresh_delay(lifetime, 0.0),
+            Duration::from_secs(720)
+        );
+        assert_eq!(
+            TIMING.refresh_delay(lifetime, 1.0),
+            Duration::from_secs(675)
+        );
+        for step in 0..=100 {
+            let delay = TIMING.refresh_delay(lifetime, f64::from(step) / 100.0);
+            assert!(delay >= Duration::from_secs(675) && delay <= Duration::from_secs(720));
+        }
+    }
+
+    #[test]
+    fn tiny_lifetimes_respect_the_minimum_interval() {
+        assert_eq!(
+            TIMING.refresh_delay(Duration::from_millis(500), 0.5),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        assert_eq!(TIMING.backoff(1, 1.0), Duration::from_secs(1));
+        assert_eq!(TIMING.backoff(2, 1.0), Duration::from_secs(2));
+        assert_eq!(TIMING.backoff(4, 1.0), Duration::from_secs(8));
+        assert_eq!(TIMING.backoff(7, 1.0), Duration::from_secs(60));
+        assert_eq!(TIMING.backoff(u32::MAX, 1.0), Duration::from_secs(60));
+        assert_eq!(TIMING.backoff(5, 0.5), Duration::from_secs(8));
+        assert_eq!(TIMING.backoff(5, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn retry_delay_follows_the_failure_class() {
+        assert_eq!(
+            TIMING.retry_delay(1, Failure::Rejected, 0.0),
+            Duration::from_secs(60)
+        );
+        let asked = Failure::Transient {
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert_eq!(TIMING.retry_delay(1, asked, 0.0), Duration::from_secs(7));
+        let greedy = Failure::Transient {
+            retry_after: Some(Duration::from_secs(3600)),
+        };
+        assert_eq!(TIMING.retry_delay(1, greedy, 0.0), Duration::from_secs(60));
+        assert_eq!(
+            TIMING.retry_delay(3, Failure::InvalidResponse, 1.0),
+            Duration::from_secs(4)
+        );
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_dates() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

@@ -1,0 +1,34 @@
+//! Unix signals: SIGTERM/SIGINT start a graceful shutdown (a second one exits at once),
+//! SIGHUP asks for a refresh now.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Installs the handlers; fails only if the runtime cannot register them.
+pub fn install(shutdown: CancellationToken, refresh_now: Arc<Notify>) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = hup.recv() => {
+                    refresh_now.notify_one();
+                    continue;
+                }
+            };
+            if shutdown.is_cancelled() {
+                tracing::warn!(signal = name, "second stop signal; exiting now");
+                std::process::exit(1);
+            }
+            tracing::info!(signal = name, "stopping");
+            shutdown.cancel();
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The token file: replaced atomically, so a reader always sees one whole token.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{FileOutput, TokenFormat};
+use crate::fiskil::Token;
+
+/// Numbers temporary files so concurrent writes never share one.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A token file that cannot be set up or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("the directory of --token-file {path} does not exist; mount the shared volume there or change --token-file")]
+    NoDirectory { path: PathBuf },
+    #[error("--token-file {path} names a directory; give a file path inside it")]
+    IsDirectory { path: PathBuf },
+    #[error("cannot write the token file {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// Writes tokens to one file.
+#[derive(Debug, Clone)]
+pub struct FileSink {
+    path: PathBuf,
+    dir: PathBuf,
+    temp_prefix: String,
+    format: TokenFormat,
+    mode: u32,
+}
+
+impl FileSink {
+    /// Checks the target directory and removes temporary files a previous run left behind.
+    pub fn new(output: &FileOutput) -> Result<Self, FileError> {
+        let path = output.path.clone();
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if path.is_dir() {
+            return Err(FileError::IsDirectory { path });
+        }
+        if !dir.is_dir() {
+            return Err(FileError::NoDirectory { path });
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| FileError::IsDirectory { path: path.clone() })?;
+        let sink = FileSink {
+            temp_prefix: format!(".{name}.tmp."),
+            path,
+            dir,
+            format: output.format,
+            mode: output.mode,
+        };
+        sink.remove_stale_temp_files();
+        Ok(sink)
+    }
+
+    /// Replaces the file with `token`. Runs on the blocking pool and always finishes (or
+    /// cleans up) even when the caller stops waiting, so no temporary file is left behind.
+    pub async fn write(&self, token: &Token) -> Result<(), FileError> {
+        let contents = render(token, self.format);
+        let sink = self.clone();
+        let written = tokio::task::spawn_blocking(move || sink.replace(contents.expose_secret()))
+            .await
+            .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
+        written.map_err(|source| FileError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn replace(&self, contents: &str) -> io::Result<()> {
+        let temp = self.dir.join(format!(
+            "{}{}-{}",
+            self.temp_prefix,
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = self.write_temp(&temp, contents.as_bytes()).and_then(|()| {
+            fs::rename(&temp, &self.path)?;
+            File::open(&self.dir)?.sync_all()
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    fn write_temp(&self, temp: &Path, contents: &[u8]) -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.mode)
+            .open(temp)?;
+        file.set_permissions(fs::Permissions::from_mode(self.mode))?;
+        file.write_all(contents)?;
+        file.sync_all()
+    }
+
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&self.temp_prefix)
+            {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(file = %entry.path().display(), "removed a temporary file left by an earlier run")
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale temporary file")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The file's contents in the chosen format.
+pub fn render(token: &Token, format: TokenFormat) -> SecretString {
+    match format {
+        TokenFormat::Raw => token.value.clone(),
+        TokenFormat::Json => SecretString::from(
+            serde_json::json!({
+                "token": token.value.expose_secret(),
+                "expires_in": token.lifetime.as_secs(),
+                "issued_at": humantime::format_rfc3339_seconds(token.issued_at).to_string(),
+                "expires_at": humantime::format_rfc3339_seconds(token.expires_at()).to_string(),
+            })
+            .to_string(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn token(value: &str) -> Token {
+        Token {
+            value: SecretString::from(value),
+            lifetime: Duration::from_secs(900),
+            issued_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fiskil-file-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn json_format_carries_the_times() {
+        let rendered = render(&token("abc"), TokenFormat::Json);
+        let json: serde_json::Value = serde_json::from_str(rendered.expose_secret()).unwrap();
+        assert_eq!(json["token"], "abc");
+        assert_eq!(json["expires_in"], 900);
+        assert_eq!(json["issued_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(json["expires_at"], "2023-11-14T22:28:20Z");
+        assert_eq!(
+            render(&token("abc"), TokenFormat::Raw).expose_secret(),
+            "abc"
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_with_the_mode_and_cleans_stale_temp_files() {
+        let dir = temp_dir("mode");
+        fs::write(dir.join(".token.tmp.1-1"), "half").unwrap();
+        let output = FileOutput {
+            path: dir.join("token"),
+            format: TokenFormat::Raw,
+            mode: 0o600,
+        };
+        let sink = FileSink::new(&output).unwrap();
+        assert!(!dir.join(".token.tmp.1-1").exists());
+        sink.write(&token("first")).await.unwrap();
+        sink.write(&token("second")).await.unwrap();
+        assert_eq!(fs::read_to_string(dir.join("token")).unwrap(), "second");
+        let mode = fs::metadata(dir.join("token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_missing_directory_is_named() {
+        let output = FileOutput {
+            path: PathBuf::from("/nonexistent-fiskil/token"),
+            format: TokenFormat::Raw,
+            mode: 0o640,
+        };
+        let err = FileSink::new(&output).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent-fiskil/token"), "{err}");
+        assert!(err.contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,111 @@
+//! What the health endpoints report: the token each output holds and the refresh loop's state.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// The expiry of the token an output last wrote.
+#[derive(Debug)]
+pub struct OutputStatus {
+    pub name: &'static str,
+    expires_at: Mutex<Option<SystemTime>>,
+}
+
+impl OutputStatus {
+    pub fn new(name: &'static str) -> Self {
+        OutputStatus {
+            name,
+            expires_at: Mutex::new(None),
+        }
+    }
+
+    /// Records that the output now holds a token valid until `at`.
+    pub fn set_expires_at(&self, at: SystemTime) {
+        *self.expires_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        *self.expires_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Shared state behind `/healthz` and `/readyz`.
+#[derive(Debug)]
+pub struct Status {
+    pub outputs: Vec<Arc<OutputStatus>>,
+    next_refresh_at: Mutex<Option<SystemTime>>,
+    alive: AtomicBool,
+}
+
+/// A point-in-time view for `/readyz`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// The earliest expiry among the outputs, if every output holds a token.
+    pub expires_at: Option<SystemTime>,
+    pub next_refresh_at: Option<SystemTime>,
+}
+
+impl Status {
+    pub fn new(outputs: Vec<Arc<OutputStatus>>) -> Self {
+        Status {
+            outputs,
+            next_refresh_at: Mutex::new(None),
+            alive: AtomicBool::new(true),
+        }
+    }
+
+    pub fn set_next_refresh_at(&self, at: SystemTime) {
+        *self
+            .next_refresh_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
+    /// Marks the refresh loop as stopped: `/healthz` fails from then on.
+    pub fn set_dead(&self) {
+        self.alive.store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// Ready while every output holds a token that has not expired at `now`.
+    pub fn readiness(&self, now: SystemTime) -> Readiness {
+        let expiries: Option<Vec<SystemTime>> =
+            self.outputs.iter().map(|o| o.expires_at()).collect();
+        let expires_at = expiries.and_then(|all| all.into_iter().min());
+        Readiness {
+            ready: expires_at.is_some_and(|at| at > now),
+            expires_at,
+            next_refresh_at: *self
+                .next_refresh_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ready_only_while_every_output_holds_an_unexpired_token() {
+        let status = Status::new(vec![
+            Arc::new(OutputStatus::new("file")),
+            Arc::new(OutputStatus::new("secret")),
+        ]);
+        let now = SystemTime::now();
+        assert!(!status.readiness(now).ready);
+        status.outputs[0].set_expires_at(now + Duration::from_secs(60));
+        assert!(!status.readiness(now).ready, "one output still empty");
+        status.outputs[1].set_expires_at(now + Duration::from_secs(30));
+        let readiness = status.readiness(now);
+        assert!(readiness.ready);
+        assert_eq!(readiness.expires_at, Some(now + Duration::from_secs(30)));
+        assert!(!status.readiness(now + Duration::from_secs(31)).ready);
+    }
+}

@@ -1,0 +1,58 @@
+//! Runs the token endpoint stand-in until interrupted, for demos and benchmarks.
+//!
+//! Usage: fiskil-stand-in [--listen ADDR] [--ca-out PATH] [--expires-in SECONDS]
+//!                        [--client-id ID] [--client-secret SECRET]
+
+use std::process::ExitCode;
+
+use fiskil_stand_in::StandIn;
+
+fn main() -> ExitCode {
+    let mut listen = "127.0.0.1:8443".to_owned();
+    let mut ca_out = "stand-in-ca.pem".to_owned();
+    let mut expires_in = "900".to_owned();
+    let mut client_id = "demo-client".to_owned();
+    let mut client_secret = "demo-secret".to_owned();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let slot = match flag.as_str() {
+            "--listen" => &mut listen,
+            "--ca-out" => &mut ca_out,
+            "--expires-in" => &mut expires_in,
+            "--client-id" => &mut client_id,
+            "--client-secret" => &mut client_secret,
+            _ => {
+                eprintln!("fiskil-stand-in: unknown argument {flag:?}; see the usage in the source header");
+                return ExitCode::from(2);
+            }
+        };
+        let Some(value) = args.next() else {
+            eprintln!("fiskil-stand-in: {flag} needs a value");
+            return ExitCode::from(2);
+        };
+        *slot = value;
+    }
+    let (Ok(addr), Ok(expires_in)) = (listen.parse(), expires_in.parse()) else {
+        eprintln!("fiskil-stand-in: --listen needs HOST:PORT and --expires-in a number of seconds");
+        return ExitCode::from(2);
+    };
+    let stand_in = StandIn::start_on(addr, &client_id, &client_secret, expires_in);
+    if let Err(e) = std::fs::write(&ca_out, stand_in.ca_pem()) {
+        eprintln!("fiskil-stand-in: cannot write {ca_out}: {e}");
+        return ExitCode::from(1);
+    }
+    println!("token endpoint {} (CA in {ca_out})", stand_in.url());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    println!(
+        "served {} requests, issued {} tokens",
+        stand_in.seen().len(),
+        stand_in.issued().len()
+    );
+    ExitCode::SUCCESS
+}

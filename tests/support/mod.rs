@@ -1,0 +1,361 @@
+//! Test fixtures: a Kubernetes-style Secret volume, the daemon binary as a child process with
+//! its logs captured, and small HTTP and polling helpers.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use fiskil_stand_in::{Behaviour, StandIn, ELSEWHERE_PATH};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("fiskil-it-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A credentials directory laid out the way kubelet mounts a Secret: `key -> ..data/key`,
+/// `..data -> ..<version>`, updated by swapping the `..data` symlink.
+pub struct SecretVolume {
+    pub dir: PathBuf,
+    version: u32,
+}
+
+impl SecretVolume {
+    pub fn new(dir: PathBuf, client_id: &str, client_secret: &str) -> SecretVolume {
+        std::fs::create_dir_all(&dir).expect("volume dir");
+        let mut volume = SecretVolume { dir, version: 0 };
+        volume.rotate(client_id, client_secret);
+        for key in ["client_id", "client_secret"] {
+            std::os::unix::fs::symlink(format!("..data/{key}"), volume.dir.join(key))
+                .expect("key symlink");
+        }
+        volume
+    }
+
+    /// Publishes new values the way kubelet does: a new version directory, a `..data_tmp`
+    /// symlink to it renamed over `..data`, then the old version removed.
+    pub fn rotate(&mut self, client_id: &str, client_secret: &str) {
+        self.version += 1;
+        let version = format!("..2026_11_28_{:02}", self.version);
+        let new_dir = self.dir.join(&version);
+        std::fs::create_dir(&new_dir).expect("version dir");
+        std::fs::write(new_dir.join("client_id"), format!("{client_id}\n")).expect("write id");
+        std::fs::write(new_dir.join("client_secret"), format!("{client_secret}\n"))
+            .expect("write secret");
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).expect("..data_tmp");
+        std::fs::rename(&tmp, self.dir.join("..data")).expect("swap ..data");
+        if self.version > 1 {
+            let old = self
+                .dir
+                .join(format!("..2026_11_28_{:02}", self.version - 1));
+            std::fs::remove_dir_all(old).expect("remove old version");
+        }
+    }
+}
+
+/// Everything a daemon test needs: a stand-in endpoint, a credentials volume and an output
+/// directory, with distinctive credentials so leaks are easy to find.
+pub struct Fixture {
+    pub stand_in: StandIn,
+    pub volume: SecretVolume,
+    pub out: PathBuf,
+    pub ca: PathBuf,
+    pub client_id: String,
+    pub client_secret: String,
+    pub secrets_seen: Vec<String>,
+    pub dir: TempDir,
+}
+
+impl Fixture {
+    pub fn new(name: &str, expires_in: i64) -> Fixture {
+        let dir = TempDir::new(name);
+        let client_id = format!("client-{name}");
+        let client_secret = format!("sekrit-{name}-{:08x}", std::process::id());
+        let stand_in = StandIn::start(&client_id, &client_secret, expires_in);
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, stand_in.ca_pem()).expect("write CA");
+        let volume = SecretVolume::new(dir.path().join("credentials"), &client_id, &client_secret);
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).expect("out dir");
+        Fixture {
+            stand_in,
+            volume,
+            out,
+            ca,
+            secrets_seen: vec![client_secret.clone()],
+            client_id,
+            client_secret,
+            dir,
+        }
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.out.join("token")
+    }
+
+    /// The arguments every test run shares.
+    pub fn base_args(&self) -> Vec<String> {
+        [
+            "--token-url",
+            &self.stand_in.url(),
+            "--ca-file",
+            self.ca.to_str().unwrap(),
+            "--client-id-file",
+            self.volume.dir.join("client_id").to_str().unwrap(),
+            "--client-secret-file",
+            self.volume.dir.join("client_secret").to_str().unwrap(),
+            "--token-file",
+            self.token_file().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Starts the daemon with the shared arguments; a flag in `extra` that is already among
+    /// them replaces its value.
+    pub fn spawn(&self, extra: &[&str]) -> Daemon {
+        let mut args = self.base_args();
+        let mut rest = extra.iter();
+        while let Some(arg) = rest.next() {
+            match args.iter().position(|a| a == arg && a.starts_with("--")) {
+                Some(at) => args[at + 1] = rest.next().expect("a value").to_string(),
+                None => args.push(arg.to_string()),
+            }
+        }
+        Daemon::spawn(&args, &[])
+    }
+
+    /// Rotates the mounted credentials and tells the stand-in to accept only the new ones.
+    pub fn rotate(&mut self, client_id: &str, client_secret: &str) {
+        self.stand_in.accept(client_id, client_secret);
+        self.secrets_seen.push(client_secret.to_owned());
+        self.volume.rotate(client_id, client_secret);
+    }
+
+    pub fn read_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.token_file()).ok()
+    }
+
+    /// Asserts no captured log line holds a client secret or any token the stand-in issued.
+    pub fn assert_logs_clean(&self, daemon: &Daemon) {
+        let logs = daemon.logs().join("\n");
+        assert!(!logs.is_empty(), "no logs were captured");
+        for secret in &self.secrets_seen {
+            assert!(
+                !logs.contains(secret.as_str()),
+                "a client secret leaked into the logs"
+            );
+        }
+        for token in self.stand_in.issued() {
+            assert!(!logs.contains(&token), "a token leaked into the logs");
+        }
+    }
+
+    /// Asserts every request kept the documented contract.
+    pub fn assert_contract_kept(&self) {
+        for seen in self.stand_in.seen() {
+            assert!(
+                seen.violations.is_empty(),
+                "contract broken: {:?}",
+                seen.violations
+            );
+        }
+    }
+}
+
+/// The daemon binary running as a child process, its stderr captured line by line.
+pub struct Daemon {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    admin: Option<SocketAddr>,
+    pub exit: Option<ExitStatus>,
+}
+
+impl Daemon {
+    pub fn binary() -> &'static str {
+        env!("CARGO_BIN_EXE_fiskil-token-refresher")
+    }
+
+    pub fn spawn(args: &[String], env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(Self::binary());
+        command
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start the daemon");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let sink = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        Daemon {
+            child,
+            logs,
+            admin: None,
+            exit: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Log lines parsed as JSON objects.
+    pub fn json_logs(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .iter()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"))
+            })
+            .collect()
+    }
+
+    pub fn logs_contain(&self, text: &str) -> bool {
+        self.logs().iter().any(|line| line.contains(text))
+    }
+
+    /// The health server's address, from the `started` log line.
+    pub fn admin(&mut self) -> SocketAddr {
+        if let Some(addr) = self.admin {
+            return addr;
+        }
+        wait_for(Duration::from_secs(10), "the daemon to start", || {
+            self.logs_contain("\"started\"")
+        });
+        let line = self
+            .json_logs()
+            .into_iter()
+            .find(|l| l["message"] == "started")
+            .unwrap();
+        let addr = line["listen"].as_str().unwrap().parse().unwrap();
+        self.admin = Some(addr);
+        addr
+    }
+
+    pub fn get(&mut self, path: &str) -> (u16, String) {
+        http_get(self.admin(), path)
+    }
+
+    /// The value of one sample of /metrics, e.g. `fiskil_token_refresher_refresh_total{result="success"}`.
+    pub fn metric(&mut self, sample: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|value| value.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().expect("wait for the daemon") {
+                self.exit = Some(status);
+                std::thread::sleep(Duration::from_millis(50));
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 10 ms until it holds, failing the test after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns the status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the health server");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
