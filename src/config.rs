@@ -67,9 +67,26 @@ pub struct Args {
           default_value = "10s", value_parser = parse_duration)]
     pub credentials_poll_interval: Duration,
 
-    /// Write the token to this file, atomically (required: it is the only output)
+    /// Write the token to this file, atomically (this and/or --secret-name is required)
     #[arg(long, env = "FISKIL_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+
+    /// Also write the token into this Kubernetes Secret (server-side apply); enables the output
+    #[arg(long, env = "FISKIL_SECRET_NAME", value_name = "NAME")]
+    pub secret_name: Option<String>,
+
+    /// Namespace of --secret-name [default: the pod's namespace, else the kubeconfig context's]
+    #[arg(long, env = "FISKIL_SECRET_NAMESPACE", value_name = "NAMESPACE")]
+    pub secret_namespace: Option<String>,
+
+    /// Key of --secret-name that holds the token (the key expires_at holds its expiry)
+    #[arg(
+        long,
+        env = "FISKIL_SECRET_KEY",
+        value_name = "KEY",
+        default_value = "token"
+    )]
+    pub secret_key: String,
 
     /// raw: the token alone, no newline; json: {"token","expires_in","issued_at","expires_at"}
     #[arg(long, env = "FISKIL_TOKEN_FORMAT", value_enum, default_value_t = TokenFormat::Raw)]
@@ -194,8 +211,16 @@ pub enum ConfigError {
         env: &'static str,
         flag: &'static str,
     },
-    #[error("no output configured: give --token-file PATH (or FISKIL_TOKEN_FILE)")]
+    #[error("no output configured: give --token-file PATH and/or --secret-name NAME")]
     NoOutput,
+    #[error("--secret-name {0:?} is not a valid Secret name; use lowercase letters, digits, '-' and '.'")]
+    SecretName(String),
+    #[error(
+        "--secret-namespace {0:?} is not a valid namespace; use lowercase letters, digits and '-'"
+    )]
+    SecretNamespace(String),
+    #[error("--secret-key {0:?} is not usable; use letters, digits, '-', '_' and '.', and not expires_at")]
+    SecretKey(String),
     #[error("--refresh-ratio must be between 0 and 1 (exclusive), got {0}")]
     Ratio(f64),
     #[error(
@@ -216,6 +241,16 @@ pub struct FileOutput {
     pub path: PathBuf,
     pub format: TokenFormat,
     pub mode: u32,
+}
+
+/// Where the token goes in Kubernetes.
+#[derive(Debug, Clone)]
+pub struct SecretOutput {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub key: String,
+    /// Time allowed for one API server call.
+    pub timeout: Duration,
 }
 
 /// Connection settings for the token endpoint.
@@ -241,6 +276,7 @@ pub struct Config {
     pub credentials: CredentialSources,
     pub credentials_poll_interval: Duration,
     pub file: Option<FileOutput>,
+    pub secret: Option<SecretOutput>,
     pub timing: Timing,
     pub listen: SocketAddr,
     pub once: Option<Duration>,
@@ -278,7 +314,16 @@ impl Config {
             format: args.token_format,
             mode: args.file_mode,
         });
-        if file.is_none() {
+        let secret = match args.secret_name {
+            Some(name) => Some(check_secret(
+                name,
+                args.secret_namespace,
+                args.secret_key,
+                args.request_timeout,
+            )?),
+            None => None,
+        };
+        if file.is_none() && secret.is_none() {
             return Err(ConfigError::NoOutput);
         }
         for (name, value) in [
@@ -307,6 +352,7 @@ impl Config {
             credentials,
             credentials_poll_interval: args.credentials_poll_interval,
             file,
+            secret,
             timing,
             listen: args.listen,
             once: args.once.then_some(args.once_timeout),
@@ -360,6 +406,49 @@ fn credential_source(
             path: path.unwrap_or_else(|| PathBuf::from(default_file)),
         }),
     }
+}
+
+fn check_secret(
+    name: String,
+    namespace: Option<String>,
+    key: String,
+    timeout: Duration,
+) -> Result<SecretOutput, ConfigError> {
+    let dns_name = |text: &str, dots: bool, max: usize| {
+        let edge =
+            |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        text.len() <= max
+            && edge(text.chars().next())
+            && edge(text.chars().last())
+            && text.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.')
+            })
+    };
+    if !dns_name(&name, true, 253) {
+        return Err(ConfigError::SecretName(name));
+    }
+    if let Some(namespace) = &namespace {
+        if !dns_name(namespace, false, 63) {
+            return Err(ConfigError::SecretNamespace(namespace.clone()));
+        }
+    }
+    let key_ok = !key.is_empty()
+        && key.len() <= 253
+        && key != crate::sink::secret::EXPIRES_AT_KEY
+        && key != "."
+        && key != ".."
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !key_ok {
+        return Err(ConfigError::SecretKey(key));
+    }
+    Ok(SecretOutput {
+        name,
+        namespace,
+        key,
+        timeout,
+    })
 }
 
 fn check_timing(args: &Args) -> Result<Timing, ConfigError> {
@@ -496,6 +585,39 @@ mod tests {
         assert!(matches!(
             Config::from_args(args, no_env),
             Err(ConfigError::NoOutput)
+        ));
+    }
+
+    #[test]
+    fn a_secret_alone_is_an_output_and_is_checked() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["fiskil-token-refresher"];
+            argv.extend_from_slice(extra);
+            Config::from_args(Args::try_parse_from(argv).unwrap(), no_env)
+        };
+        let config = parse(&["--secret-name", "fiskil-token"]).unwrap();
+        assert!(config.file.is_none());
+        let secret = config.secret.unwrap();
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("fiskil-token", "token")
+        );
+        assert!(secret.namespace.is_none());
+        assert!(matches!(
+            parse(&["--secret-name", "Bad_Name"]),
+            Err(ConfigError::SecretName(_))
+        ));
+        assert!(matches!(
+            parse(&["--secret-name", "ok", "--secret-namespace", "a.b"]),
+            Err(ConfigError::SecretNamespace(_))
+        ));
+        assert!(matches!(
+            parse(&["--secret-name", "ok", "--secret-key", "expires_at"]),
+            Err(ConfigError::SecretKey(_))
+        ));
+        assert!(matches!(
+            parse(&["--secret-name", "ok", "--secret-key", "a/b"]),
+            Err(ConfigError::SecretKey(_))
         ));
     }
 

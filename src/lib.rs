@@ -1,4 +1,5 @@
-//! Keeps a valid Fiskil API bearer token in a file, refreshed before it expires.
+//! Keeps a valid Fiskil API bearer token in a file and/or a Kubernetes Secret, refreshed
+//! before it expires.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -27,7 +28,7 @@ use credentials::CredentialsError;
 use fiskil::{ClientError, TokenClient};
 use metrics::Metrics;
 use refresher::{OnceError, Refresher};
-use sink::{file::FileError, Output, OutputError};
+use sink::{file::FileError, secret::SecretSetupError, Output, OutputError};
 use status::{OutputStatus, Status};
 
 /// How long outputs may take to finish their writes after a stop signal.
@@ -42,6 +43,8 @@ pub enum Error {
     Client(#[from] ClientError),
     #[error(transparent)]
     FileSetup(#[from] FileError),
+    #[error(transparent)]
+    SecretSetup(#[from] SecretSetupError),
     #[error("cannot listen on --listen {addr}: {source}; choose a free address or port")]
     Listen {
         addr: SocketAddr,
@@ -62,6 +65,7 @@ impl Error {
             Error::Credentials(_)
             | Error::Client(_)
             | Error::FileSetup(_)
+            | Error::SecretSetup(_)
             | Error::Listen { .. } => 2,
             Error::Signals(_) | Error::Once(_) | Error::OnceWrite(_) => 1,
         }
@@ -75,6 +79,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut outputs = Vec::new();
     if let Some(file) = &config.file {
         outputs.push(Output::File(sink::file::FileSink::new(file)?));
+    }
+    if let Some(secret) = &config.secret {
+        outputs.push(Output::Secret(Box::new(
+            sink::secret::SecretSink::new(secret).await?,
+        )));
     }
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();

@@ -1,6 +1,7 @@
 //! Outputs that hold the token, each written by its own task so one never delays another.
 
 pub mod file;
+pub mod secret;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::status::OutputStatus;
 #[derive(Debug, Clone)]
 pub enum Output {
     File(file::FileSink),
+    Secret(Box<secret::SecretSink>),
 }
 
 /// A failed write to an output.
@@ -23,6 +25,8 @@ pub enum Output {
 pub enum OutputError {
     #[error(transparent)]
     File(#[from] file::FileError),
+    #[error(transparent)]
+    Secret(#[from] secret::SecretError),
 }
 
 impl Output {
@@ -30,6 +34,7 @@ impl Output {
     pub fn name(&self) -> &'static str {
         match self {
             Output::File(_) => "file",
+            Output::Secret(_) => "secret",
         }
     }
 
@@ -37,6 +42,7 @@ impl Output {
     pub async fn write(&self, token: &Token) -> Result<(), OutputError> {
         match self {
             Output::File(sink) => Ok(sink.write(token).await?),
+            Output::Secret(sink) => Ok(sink.write(token).await?),
         }
     }
 }

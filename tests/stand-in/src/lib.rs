@@ -179,6 +179,7 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Mutex<St
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = Arc::clone(&state);
         tokio::spawn(async move {
