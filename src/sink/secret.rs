@@ -36,7 +36,7 @@ pub enum SecretSetupError {
 /// A write to the Secret failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("forbidden to patch Secret {namespace}/{name}; grant a Role with apiGroups [\"\"], resources [\"secrets\"], resourceNames [\"{name}\"], verbs [\"patch\"] bound to this ServiceAccount ({message})")]
+    #[error("forbidden to apply Secret {namespace}/{name} (verbs create and patch); bind this ServiceAccount to a Role with apiGroups [\"\"], resources [\"secrets\"], resourceNames [\"{name}\"], verbs [\"create\", \"patch\"] ({message})")]
     Forbidden {
         namespace: String,
         name: String,
