@@ -42,7 +42,8 @@ Signals:
   SIGTERM, SIGINT  finish the current write and exit 0; a second signal exits 1 at once
   SIGHUP           refresh the token now";
 
-/// Keeps a valid Fiskil API bearer token in a file, refreshed before it expires.
+/// Keeps a valid Fiskil API bearer token in a file and/or a Kubernetes Secret, refreshed before it
+/// expires.
 #[derive(Parser, Debug)]
 #[command(name = "fiskil-token-refresher", version, after_help = AFTER_HELP, max_term_width = 100)]
 pub struct Args {

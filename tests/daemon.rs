@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{wait_for, Behaviour, Daemon, Fixture, ELSEWHERE_PATH};
+use fiskil_stand_in::{Behaviour, ELSEWHERE_PATH};
+use support::{wait_for, Daemon, Fixture};
 
 const SUCCESS: &str = "fiskil_token_refresher_refresh_total{result=\"success\"}";
 const TRANSIENT: &str = "fiskil_token_refresher_refresh_total{result=\"transient\"}";
@@ -462,6 +463,7 @@ fn not_ready_before_the_first_token() {
     assert!(body.contains("\"ready\":false"), "{body}");
     assert_eq!(daemon.get("/healthz").0, 200);
     assert!(fixture.read_token().is_none());
+    fixture.assert_logs_clean(&daemon);
 }
 
 #[test]

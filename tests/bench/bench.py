@@ -5,20 +5,28 @@ Measures time from process start to the first token file, the daemon's own CPU t
 that, resident memory after the first token and after 1,000 refreshes, CPU used over an
 idle minute, and the stripped binary size. Prints a Markdown table.
 
-Usage: tests/bench/bench.py [--idle-seconds 60] [--refreshes 1000] [--runs 20]
+With --cluster-dir DIR (a control plane from tests/cluster/up.sh DIR) it also measures the
+Secret output: resident memory with it on, and the time from the token file changing to the
+Secret holding the same token.
+
+Usage: tests/bench/bench.py [--idle-seconds 60] [--refreshes 1000] [--runs 20] [--cluster-dir DIR]
 Build first: cargo build --release --workspace
 """
 
 import argparse
+import base64
+import json
 import os
 import resource
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DAEMON = os.path.join(ROOT, "target", "release", "fiskil-token-refresher")
@@ -62,11 +70,77 @@ def read(path):
         return None
 
 
+def cluster_settings(cluster_dir):
+    settings = {}
+    with open(os.path.join(cluster_dir, "cluster.env")) as f:
+        for line in f:
+            if "=" in line and not line.startswith("#"):
+                key, value = line.strip().split("=", 1)
+                settings[key] = value
+    return settings
+
+
+def secret_token(settings, context, name):
+    url = f"{settings['FISKIL_CLUSTER_SERVER']}/api/v1/namespaces/default/secrets/{name}"
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=5) as response:
+            data = json.load(response).get("data", {})
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise
+    return base64.b64decode(data["token"]).decode() if "token" in data else None
+
+
+def bench_secret(args, base, env, token):
+    """Memory with the Secret output on, and token-file-to-Secret latency."""
+    settings = cluster_settings(args.cluster_dir)
+    context = ssl.create_default_context(cafile=settings["FISKIL_CLUSTER_CA"])
+    context.load_cert_chain(settings["FISKIL_CLUSTER_ADMIN_CERT"], settings["FISKIL_CLUSTER_ADMIN_KEY"])
+    name = "bench-token-%d" % os.getpid()
+    env = dict(env, KUBECONFIG=settings["FISKIL_CLUSTER_KUBECONFIG"])
+    if os.path.exists(token):
+        os.remove(token)
+    proc = subprocess.Popen(base + ["--secret-name", name, "--secret-namespace", "default"],
+                            env=env, stderr=subprocess.DEVNULL)
+    results = []
+    try:
+        wait_for(lambda: os.path.exists(token), 10, "the first token")
+        wait_for(lambda: secret_token(settings, context, name) == read(token), 10, "the first Secret")
+        time.sleep(0.5)
+        first_rss = rss_kib(proc.pid)
+        delays = []
+        last = read(token)
+        for i in range(args.secret_refreshes):
+            os.kill(proc.pid, signal.SIGHUP)
+            wait_for(lambda: read(token) not in (None, last), 10, f"refresh {i + 1}")
+            last = read(token)
+            changed = time.perf_counter()
+            wait_for(lambda: secret_token(settings, context, name) == last, 10, "the Secret")
+            delays.append((time.perf_counter() - changed) * 1000)
+        time.sleep(0.5)
+        after_rss = rss_kib(proc.pid)
+        results.append(("resident memory with the Secret output, after the first token",
+                        "%.1f MiB" % (first_rss / 1024)))
+        results.append(("resident memory with the Secret output, after %d refreshes" % args.secret_refreshes,
+                        "%.1f MiB (%+d KiB)" % (after_rss / 1024, after_rss - first_rss)))
+        results.append(("token file written to Secret holding the token (median of %d, incl. polling)"
+                        % args.secret_refreshes,
+                        "%.1f ms (p90 %.1f)" % (statistics.median(delays),
+                                                sorted(delays)[int(len(delays) * 0.9) - 1])))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idle-seconds", type=int, default=60)
     parser.add_argument("--refreshes", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--cluster-dir", help="control plane from tests/cluster/up.sh, to bench the Secret output")
+    parser.add_argument("--secret-refreshes", type=int, default=100)
     args = parser.parse_args()
     for binary in (DAEMON, STAND_IN):
         if not os.path.exists(binary):
@@ -134,6 +208,8 @@ def main():
                         "%.0f ms (%.4f%% of one core)" % (cpu_used * 1000, cpu_used / args.idle_seconds * 100)))
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+        if args.cluster_dir:
+            results.extend(bench_secret(args, base, env, token))
         size = os.path.getsize(DAEMON)
         results.append(("release binary size (stripped)", "%.2f MB (%d bytes)" % (size / 1e6, size)))
     finally:

@@ -1,0 +1,102 @@
+//! The documentation agrees with the binary: every option, environment variable, default and
+//! metric that `--help` and `/metrics` show is in the README's tables.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{wait_for, Fixture};
+
+fn help() -> String {
+    let output = Command::new(support::Daemon::binary())
+        .arg("--help")
+        .env("COLUMNS", "200")
+        .output()
+        .expect("run --help");
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+}
+
+/// Each `--flag` of the help text with its environment variable and default, if any.
+fn options(help: &str) -> Vec<(String, String, Option<String>)> {
+    let mut found = Vec::new();
+    let mut current: Option<(String, String, Option<String>)> = None;
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("--") {
+            found.extend(current.take());
+            let flag = trimmed.split([' ', ',', '=']).next().unwrap().to_owned();
+            current = Some((flag, String::new(), None));
+        }
+        if let Some((_, env, default)) = current.as_mut() {
+            if let Some(rest) = line.split("[env: ").nth(1) {
+                *env = rest.split(['=', ']']).next().unwrap().to_owned();
+            }
+            if let Some(rest) = line.split("[default: ").nth(1) {
+                *default = Some(rest.split(']').next().unwrap().to_owned());
+            }
+        }
+    }
+    found.extend(current);
+    found
+}
+
+#[test]
+fn every_option_is_in_the_readme_with_its_environment_variable_and_default() {
+    let help = help();
+    let readme = readme();
+    let options = options(&help);
+    assert!(
+        options.len() >= 24,
+        "parsed only {} options from --help",
+        options.len()
+    );
+    for (flag, env, default) in options {
+        let row = readme
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{flag}` |")))
+            .unwrap_or_else(|| panic!("README has no options row for {flag}"));
+        assert!(
+            row.contains(&format!("`{env}`")),
+            "README row of {flag} lacks `{env}`: {row}"
+        );
+        if let Some(default) = default {
+            assert!(
+                row.contains(&format!("`{default}`")) || row.contains(&default),
+                "README row of {flag} lacks the default {default}: {row}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_metric_is_in_the_readme() {
+    let fixture = Fixture::new("docs-metrics", 900);
+    let mut daemon = fixture.spawn(&[]);
+    wait_for(Duration::from_secs(10), "the first token", || {
+        fixture.read_token().is_some()
+    });
+    let (_, text) = daemon.get("/metrics");
+    let readme = readme();
+    let families: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .map(|rest| match rest.split_once(' ') {
+            Some((name, "counter")) => format!("{name}_total"),
+            Some((name, _)) => name.to_owned(),
+            None => rest.to_owned(),
+        })
+        .collect();
+    assert!(families.len() >= 8, "{families:?}");
+    for name in families {
+        assert!(
+            readme.contains(&format!("`{name}")),
+            "README does not document {name}"
+        );
+    }
+}
