@@ -5,199 +5,19 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
-use support::{wait_for, Daemon, Fixture};
-
-const SECRET: &str = "fiskil-token";
+use support::cluster::{eventually, spawn_with_identity, Cluster, SECRET};
+use support::{wait_for, Fixture};
 
 /// Tests share one control plane; the one that restarts the API server runs alone.
 static CONTROL_PLANE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// The control plane started by `tests/cluster/up.sh`.
-struct Cluster {
-    dir: PathBuf,
-    admin: Client,
-}
-
-impl Cluster {
-    async fn connect() -> Cluster {
-        let dir = PathBuf::from(
-            std::env::var("FISKIL_CLUSTER_DIR")
-                .expect("FISKIL_CLUSTER_DIR must name the directory given to tests/cluster/up.sh"),
-        );
-        let kubeconfig = Kubeconfig::read_from(dir.join("kubeconfig")).expect("admin kubeconfig");
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .expect("admin config");
-        Cluster {
-            admin: Client::try_from(config).expect("admin client"),
-            dir,
-        }
-    }
-
-    /// A fresh namespace with a ServiceAccount bound to the documented Role; returns a
-    /// kubeconfig file that authenticates as that ServiceAccount.
-    async fn namespace_with_identity(&self, name: &str, work: &Path) -> (String, PathBuf) {
-        let namespace = format!("{name}-{}", std::process::id());
-        let namespaces: Api<Namespace> = Api::all(self.admin.clone());
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), &namespace);
-        let account = ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some("refresher".into()),
-                ..ObjectMeta::default()
-            },
-            ..ServiceAccount::default()
-        };
-        accounts
-            .create(&PostParams::default(), &account)
-            .await
-            .expect("create ServiceAccount");
-        self.grant(&namespace).await;
-        let bindings: Api<RoleBinding> = Api::namespaced(self.admin.clone(), &namespace);
-        let binding = RoleBinding {
-            metadata: ObjectMeta {
-                name: Some("refresher".into()),
-                ..ObjectMeta::default()
-            },
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".into(),
-                kind: "Role".into(),
-                name: "refresher".into(),
-            },
-            subjects: Some(vec![Subject {
-                kind: "ServiceAccount".into(),
-                name: "refresher".into(),
-                namespace: Some(namespace.clone()),
-                ..Subject::default()
-            }]),
-        };
-        bindings
-            .create(&PostParams::default(), &binding)
-            .await
-            .expect("create RoleBinding");
-
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![],
-                expiration_seconds: Some(3600),
-                ..TokenRequestSpec::default()
-            },
-            ..TokenRequest::default()
-        };
-        let minted: TokenRequest = accounts
-            .create_subresource("token", "refresher", &PostParams::default(), &request)
-            .await
-            .expect("TokenRequest");
-        let token = minted.status.expect("token status").token;
-        let mut kubeconfig = Kubeconfig::read_from(self.dir.join("kubeconfig")).unwrap();
-        let user = kubeconfig.auth_infos.first_mut().expect("a user entry");
-        let mut auth = user.auth_info.clone().unwrap_or_default();
-        auth.client_certificate = None;
-        auth.client_certificate_data = None;
-        auth.client_key = None;
-        auth.client_key_data = None;
-        auth.token = Some(token.into());
-        user.auth_info = Some(auth);
-        for context in &mut kubeconfig.contexts {
-            if let Some(c) = context.context.as_mut() {
-                c.namespace = Some(namespace.clone());
-            }
-        }
-        let path = work.join("sa-kubeconfig");
-        std::fs::write(&path, serde_json::to_vec(&kubeconfig).unwrap()).unwrap();
-        (namespace, path)
-    }
-
-    /// The Role the README documents: create and patch on the one Secret, nothing else.
-    async fn grant(&self, namespace: &str) {
-        let roles: Api<Role> = Api::namespaced(self.admin.clone(), namespace);
-        let role = Role {
-            metadata: ObjectMeta {
-                name: Some("refresher".into()),
-                ..ObjectMeta::default()
-            },
-            rules: Some(vec![PolicyRule {
-                api_groups: Some(vec!["".into()]),
-                resources: Some(vec!["secrets".into()]),
-                resource_names: Some(vec![SECRET.into()]),
-                verbs: vec!["create".into(), "patch".into()],
-                ..PolicyRule::default()
-            }]),
-        };
-        roles
-            .create(&PostParams::default(), &role)
-            .await
-            .expect("create Role");
-    }
-
-    async fn revoke(&self, namespace: &str) {
-        let roles: Api<Role> = Api::namespaced(self.admin.clone(), namespace);
-        roles
-            .delete("refresher", &DeleteParams::default())
-            .await
-            .expect("delete Role");
-    }
-
-    async fn secret(&self, namespace: &str) -> Option<Secret> {
-        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), namespace);
-        secrets.get_opt(SECRET).await.ok().flatten()
-    }
-
-    async fn token_in_secret(&self, namespace: &str) -> Option<String> {
-        let data = self.secret(namespace).await?.data?;
-        Some(String::from_utf8(data.get("token")?.0.clone()).unwrap())
-    }
-}
-
-/// Polls an async check every 100 ms until it holds.
-async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn spawn_with_identity(
-    fixture: &Fixture,
-    kubeconfig: &Path,
-    namespace: &str,
-    extra: &[&str],
-) -> Daemon {
-    let mut args = fixture.base_args();
-    args.extend(["--secret-name", SECRET, "--secret-namespace", namespace].map(String::from));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Daemon::spawn(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
-}
 
 #[tokio::test]
 #[ignore = "needs a cluster: tests/cluster/up.sh DIR, then FISKIL_CLUSTER_DIR=DIR"]
@@ -424,22 +244,6 @@ async fn the_identity_can_touch_nothing_else() {
     );
 }
 
-/// The running kube-apiserver's pid and command line, from the pid file up.sh wrote.
-fn apiserver(dir: &Path) -> (u32, Vec<String>) {
-    let pid: u32 = std::fs::read_to_string(dir.join("kube-apiserver.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let args = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    (pid, args)
-}
-
 #[tokio::test]
 #[ignore = "needs a cluster: tests/cluster/up.sh DIR, then FISKIL_CLUSTER_DIR=DIR"]
 async fn the_file_keeps_refreshing_while_the_api_server_is_down() {
@@ -463,14 +267,7 @@ async fn the_file_keeps_refreshing_while_the_api_server_is_down() {
     )
     .await;
 
-    let (pid, args) = apiserver(&cluster.dir);
-    std::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    wait_for(Duration::from_secs(20), "the API server to stop", || {
-        !Path::new(&format!("/proc/{pid}")).exists()
-    });
+    let apiserver = cluster.stop_apiserver();
     let before = fixture.stand_in.issued().len();
     wait_for(
         Duration::from_secs(10),
@@ -485,32 +282,8 @@ async fn the_file_keeps_refreshing_while_the_api_server_is_down() {
             "fiskil_token_refresher_output_write_total{output=\"secret\",result=\"error\"}"
         ) >= 1.0
     );
-
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(cluster.dir.join("kube-apiserver.log"))
-        .unwrap();
-    let mut child = std::process::Command::new(&args[0])
-        .args(&args[1..])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("restart the API server");
-    std::fs::write(
-        cluster.dir.join("kube-apiserver.pid"),
-        child.id().to_string(),
-    )
-    .unwrap();
-    std::thread::spawn(move || child.wait());
     let restarted = Instant::now();
-    eventually(Duration::from_secs(60), "the API server back", || async {
-        Api::<Namespace>::all(cluster.admin.clone())
-            .get_opt("default")
-            .await
-            .is_ok()
-    })
-    .await;
-    let serving = restarted.elapsed();
+    let serving = cluster.start_apiserver(&apiserver).await;
     eventually(
         backoff_max + Duration::from_secs(5),
         "the Secret holding a current token",

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use fiskil_stand_in::{Behaviour, StandIn, ELSEWHERE_PATH};
+use fiskil_stand_in::StandIn;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

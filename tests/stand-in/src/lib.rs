@@ -38,6 +38,8 @@ pub enum Behaviour {
     RetryAfter { status: u16, value: String },
     /// Never answer.
     Hang,
+    /// Close the connection without answering, like a crashed or restarting endpoint.
+    Close,
     /// Answer 200 with this exact body.
     Body(String),
     /// Answer 200 with a body of this many bytes.
@@ -188,7 +190,7 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Mutex<St
             };
             let service = hyper::service::service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, std::convert::Infallible>(answer(request, &state).await) }
+                async move { answer(request, &state).await }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
@@ -197,7 +199,29 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Mutex<St
     }
 }
 
-async fn answer(request: Request<Incoming>, state: &Mutex<State>) -> Response<Full<Bytes>> {
+/// What to do with a request.
+enum Reply {
+    Respond(Response<Full<Bytes>>),
+    Hang,
+    Close,
+}
+
+/// The error that makes hyper drop a connection without answering.
+#[derive(Debug)]
+struct Closed;
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection closed by the stand-in")
+    }
+}
+
+impl std::error::Error for Closed {}
+
+async fn answer(
+    request: Request<Incoming>,
+    state: &Mutex<State>,
+) -> Result<Response<Full<Bytes>>, Closed> {
     let at = Instant::now();
     let wall = SystemTime::now();
     let (parts, body) = request.into_parts();
@@ -238,17 +262,17 @@ async fn answer(request: Request<Incoming>, state: &Mutex<State>) -> Response<Fu
     if parsed.is_none() {
         violations.push("body is not {\"client_id\",\"client_secret\"}".to_owned());
     }
-    let reply = record_and_decide(state, at, wall, path, parsed, violations);
-    match reply {
-        Some(response) => response,
-        None => {
+    match record_and_decide(state, at, wall, path, parsed, violations) {
+        Reply::Respond(response) => Ok(response),
+        Reply::Close => Err(Closed),
+        Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            json_response(StatusCode::GATEWAY_TIMEOUT, &json!({}))
+            Ok(json_response(StatusCode::GATEWAY_TIMEOUT, &json!({})))
         }
     }
 }
 
-/// Records the request and picks the answer; `None` means never answer.
+/// Records the request and picks the answer.
 fn record_and_decide(
     state: &Mutex<State>,
     at: Instant,
@@ -256,7 +280,7 @@ fn record_and_decide(
     path: String,
     parsed: Option<(String, String)>,
     violations: Vec<String>,
-) -> Option<Response<Full<Bytes>>> {
+) -> Reply {
     let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
     guard.seen.push(Seen {
         at,
@@ -266,13 +290,13 @@ fn record_and_decide(
         violations: violations.clone(),
     });
     if path != TOKEN_PATH {
-        return Some(json_response(
+        return Reply::Respond(json_response(
             StatusCode::NOT_FOUND,
             &error_body("err_not_found", "not_found", "no such path"),
         ));
     }
     if !violations.is_empty() {
-        return Some(json_response(
+        return Reply::Respond(json_response(
             StatusCode::BAD_REQUEST,
             &error_body("err_contract", "bad_request", &violations.join("; ")),
         ));
@@ -282,7 +306,7 @@ fn record_and_decide(
         .pop_front()
         .unwrap_or_else(|| guard.default.clone());
     let credentials_ok = parsed.as_ref() == Some(&guard.accepted);
-    Some(match behaviour {
+    Reply::Respond(match behaviour {
         Behaviour::Issue { .. } | Behaviour::IssueAccessToken { .. } if !credentials_ok => {
             json_response(
                 StatusCode::UNAUTHORIZED,
@@ -321,7 +345,8 @@ fn record_and_decide(
                 .insert("retry-after", value.parse().expect("header value"));
             response
         }
-        Behaviour::Hang => return None,
+        Behaviour::Hang => return Reply::Hang,
+        Behaviour::Close => return Reply::Close,
         Behaviour::Body(body) => raw_response(StatusCode::OK, body.into_bytes()),
         Behaviour::Oversized(size) => {
             let mut body = br#"{"token":""#.to_vec();
