@@ -50,7 +50,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
 async fn readyz(State(state): State<AppState>) -> Response {
     let readiness = state.status.readiness(SystemTime::now());
     let time =
-        |at: Option<SystemTime>| at.map(|at| humantime::format_rfc3339_seconds(at).to_string());
+        |at: Option<SystemTime>| at.map(|at| humantime::format_rfc3339_millis(at).to_string());
     let body = serde_json::json!({
         "ready": readiness.ready,
         "expires_at": time(readiness.expires_at),

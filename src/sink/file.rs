@@ -137,8 +137,8 @@ pub fn render(token: &Token, format: TokenFormat) -> SecretString {
             serde_json::json!({
                 "token": token.value.expose_secret(),
                 "expires_in": token.lifetime.as_secs(),
-                "issued_at": humantime::format_rfc3339_seconds(token.issued_at).to_string(),
-                "expires_at": humantime::format_rfc3339_seconds(token.expires_at()).to_string(),
+                "issued_at": humantime::format_rfc3339_millis(token.issued_at).to_string(),
+                "expires_at": humantime::format_rfc3339_millis(token.expires_at()).to_string(),
             })
             .to_string(),
         ),
@@ -171,8 +171,8 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(rendered.expose_secret()).unwrap();
         assert_eq!(json["token"], "abc");
         assert_eq!(json["expires_in"], 900);
-        assert_eq!(json["issued_at"], "2023-11-14T22:13:20Z");
-        assert_eq!(json["expires_at"], "2023-11-14T22:28:20Z");
+        assert_eq!(json["issued_at"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(json["expires_at"], "2023-11-14T22:28:20.000Z");
         assert_eq!(
             render(&token("abc"), TokenFormat::Raw).expose_secret(),
             "abc"

@@ -107,7 +107,7 @@ impl SecretSink {
 
     /// Applies the token and its expiry; creates the Secret if it does not exist.
     pub async fn write(&self, token: &Token) -> Result<(), SecretError> {
-        let expires_at = humantime::format_rfc3339_seconds(token.expires_at()).to_string();
+        let expires_at = humantime::format_rfc3339_millis(token.expires_at()).to_string();
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
