@@ -1,0 +1,294 @@
+{{/*
+Chart name, truncated to the 63 characters a label value allows.
+*/}}
+{{- define "fiskil-token-refresher.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name: the release name, plus the chart name unless the
+release name already contains it. Truncated to 63 characters because some
+Kubernetes name fields are limited to that (DNS-1123 labels).
+*/}}
+{{- define "fiskil-token-refresher.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the example workload (the sidecar pattern).
+*/}}
+{{- define "fiskil-token-refresher.exampleName" -}}
+{{- printf "%s-example" (include "fiskil-token-refresher.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "fiskil-token-refresher.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels shared by every object: pass a dict with "ctx" (the root context) and
+"component".
+*/}}
+{{- define "fiskil-token-refresher.labels" -}}
+helm.sh/chart: {{ include "fiskil-token-refresher.chart" .ctx }}
+{{ include "fiskil-token-refresher.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Values.image.tag | default .ctx.Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/part-of: fiskil-token-refresher
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- end }}
+
+{{/*
+Selector labels: pass a dict with "ctx" and "component".
+*/}}
+{{- define "fiskil-token-refresher.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fiskil-token-refresher.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+ServiceAccount of the standalone Secret writer.
+*/}}
+{{- define "fiskil-token-refresher.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "fiskil-token-refresher.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secret holding client_id / client_secret: the existing one, or the one this
+chart creates from credentials.clientId / credentials.clientSecret, or (when
+neither is given) "<fullname>-credentials", to be created by the user.
+*/}}
+{{- define "fiskil-token-refresher.credentialsSecretName" -}}
+{{- if .Values.credentials.existingSecret }}
+{{- .Values.credentials.existingSecret }}
+{{- else }}
+{{- printf "%s-credentials" (include "fiskil-token-refresher.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
+True ("true") when the chart creates the credentials Secret itself.
+*/}}
+{{- define "fiskil-token-refresher.createCredentialsSecret" -}}
+{{- if and (not .Values.credentials.existingSecret) .Values.credentials.clientId .Values.credentials.clientSecret -}}
+true
+{{- end }}
+{{- end }}
+
+{{/*
+Key names inside the credentials Secret. A Secret created by this chart always
+uses client_id / client_secret.
+*/}}
+{{- define "fiskil-token-refresher.clientIdKey" -}}
+{{- if .Values.credentials.existingSecret }}{{ .Values.credentials.clientIdKey }}{{ else }}client_id{{ end }}
+{{- end }}
+{{- define "fiskil-token-refresher.clientSecretKey" -}}
+{{- if .Values.credentials.existingSecret }}{{ .Values.credentials.clientSecretKey }}{{ else }}client_secret{{ end }}
+{{- end }}
+
+{{/*
+The Secret the standalone writer keeps the token in.
+*/}}
+{{- define "fiskil-token-refresher.tokenSecretName" -}}
+{{- if .Values.tokenSecret.name }}
+{{- .Values.tokenSecret.name }}
+{{- else }}
+{{- printf "%s-token" (include "fiskil-token-refresher.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "fiskil-token-refresher.tokenSecretNamespace" -}}
+{{- default .Release.Namespace .Values.tokenSecret.namespace }}
+{{- end }}
+
+{{/*
+RBAC verbs the standalone writer needs on its one target Secret (the Role is
+restricted to it with resourceNames). This is the single place to change them.
+The writer sends a server-side apply: a PATCH (application/apply-patch+yaml)
+whose URL carries the name. It needs "patch" to update the Secret and, when the
+Secret does not exist yet, "create" as well: the API server authorizes an apply
+that creates as a create. Both checks carry the name, so resourceNames holds,
+and a POST create (no name in its URL) stays forbidden.
+tests/deploy/dry-run.sh checks this against a real API server.
+*/}}
+{{- define "fiskil-token-refresher.secretVerbs" -}}
+- create
+- patch
+{{- end }}
+
+{{/*
+Container image reference: repository:tag, or repository@digest when a digest
+is given.
+*/}}
+{{- define "fiskil-token-refresher.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of values that the JSON schema cannot express. Included by every
+template that renders the refresher, so a bad combination fails the render.
+*/}}
+{{- define "fiskil-token-refresher.validate" -}}
+{{- if ge (float64 .Values.refreshJitter) (float64 .Values.refreshRatio) }}
+{{- fail (printf "refreshJitter (%v) must be less than refreshRatio (%v)" .Values.refreshJitter .Values.refreshRatio) }}
+{{- end }}
+{{- if and (not .Values.credentials.existingSecret) (or .Values.credentials.clientId .Values.credentials.clientSecret) (not (and .Values.credentials.clientId .Values.credentials.clientSecret)) }}
+{{- fail "credentials: give both clientId and clientSecret, or neither (and set existingSecret or create the Secret yourself)" }}
+{{- end }}
+{{- if and .Values.ca.configMap .Values.ca.secret }}
+{{- fail "ca: set configMap or secret, not both" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Container arguments shared by the standalone writer and the sidecar: the
+endpoint, the timings, logging, the listen address and the CA bundle.
+*/}}
+{{- define "fiskil-token-refresher.commonArgs" -}}
+- {{ printf "--token-url=%s" .Values.tokenUrl | quote }}
+- --client-id-file=/var/run/secrets/fiskil/client_id
+- --client-secret-file=/var/run/secrets/fiskil/client_secret
+- {{ printf "--refresh-ratio=%v" .Values.refreshRatio | quote }}
+- {{ printf "--refresh-jitter=%v" .Values.refreshJitter | quote }}
+- {{ printf "--min-refresh-interval=%s" .Values.minRefreshInterval | quote }}
+- {{ printf "--backoff-initial=%s" .Values.backoffInitial | quote }}
+- {{ printf "--backoff-max=%s" .Values.backoffMax | quote }}
+- {{ printf "--connect-timeout=%s" .Values.connectTimeout | quote }}
+- {{ printf "--request-timeout=%s" .Values.requestTimeout | quote }}
+- {{ printf "--credentials-poll-interval=%s" .Values.credentialsPollInterval | quote }}
+- {{ printf "--listen=0.0.0.0:%v" .Values.port | quote }}
+- {{ printf "--log-format=%s" .Values.logFormat | quote }}
+- {{ printf "--log-level=%s" .Values.logLevel | quote }}
+{{- if or .Values.ca.configMap .Values.ca.secret }}
+- {{ printf "--ca-file=/etc/fiskil/ca/%s" .Values.ca.key | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment shared by both containers: proxy settings and extraEnv.
+*/}}
+{{- define "fiskil-token-refresher.env" -}}
+{{- if .Values.proxy.httpsProxy }}
+- name: HTTPS_PROXY
+  value: {{ .Values.proxy.httpsProxy | quote }}
+{{- end }}
+{{- if .Values.proxy.noProxy }}
+- name: NO_PROXY
+  value: {{ .Values.proxy.noProxy | quote }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Volume mounts shared by both containers.
+*/}}
+{{- define "fiskil-token-refresher.volumeMounts" -}}
+- name: fiskil-credentials
+  mountPath: /var/run/secrets/fiskil
+  readOnly: true
+{{- if or .Values.ca.configMap .Values.ca.secret }}
+- name: fiskil-ca
+  mountPath: /etc/fiskil/ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+Volumes shared by both pods.
+*/}}
+{{- define "fiskil-token-refresher.volumes" -}}
+- name: fiskil-credentials
+  secret:
+    secretName: {{ include "fiskil-token-refresher.credentialsSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "fiskil-token-refresher.clientIdKey" . }}
+        path: client_id
+      - key: {{ include "fiskil-token-refresher.clientSecretKey" . }}
+        path: client_secret
+{{- if .Values.ca.configMap }}
+- name: fiskil-ca
+  configMap:
+    name: {{ .Values.ca.configMap }}
+    items:
+      - key: {{ .Values.ca.key }}
+        path: {{ .Values.ca.key }}
+{{- else if .Values.ca.secret }}
+- name: fiskil-ca
+  secret:
+    secretName: {{ .Values.ca.secret }}
+    items:
+      - key: {{ .Values.ca.key }}
+        path: {{ .Values.ca.key }}
+{{- end }}
+{{- end }}
+
+{{/*
+The refresher container's fields other than name, args and probes: image,
+ports, env, resources, securityContext.
+*/}}
+{{- define "fiskil-token-refresher.containerCommon" -}}
+image: {{ include "fiskil-token-refresher.image" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+ports:
+  - name: http-metrics
+    containerPort: {{ .Values.port }}
+    protocol: TCP
+{{- with (include "fiskil-token-refresher.env" .) }}
+env:
+{{- . | nindent 2 }}
+{{- end }}
+resources:
+  {{- toYaml .Values.resources | nindent 2 }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+{{- end }}
+
+{{/*
+Liveness and readiness probes (the sidecar adds a startupProbe).
+*/}}
+{{- define "fiskil-token-refresher.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: http-metrics
+  {{- toYaml .Values.livenessProbe | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: http-metrics
+  {{- toYaml .Values.readinessProbe | nindent 2 }}
+{{- end }}
+
+{{/*
+Prometheus scrape annotations, when metrics.scrapeAnnotations is true.
+*/}}
+{{- define "fiskil-token-refresher.scrapeAnnotations" -}}
+{{- if .Values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}

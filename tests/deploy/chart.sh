@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Lint and render the Helm chart and the deploy/ kustomizations, and check what
+# they render.
+#
+#   tests/deploy/chart.sh
+#
+# - helm lint --strict with the defaults and with every value set in
+#   tests/deploy/values/;
+# - helm template with each value set, checked by check_manifests.py (restricted
+#   securityContext on every container, Role resourceNames = the Secret name,
+#   the values' timings in the arguments, the native sidecar's restartPolicy
+#   Always and startupProbe, ...);
+# - every value set in tests/deploy/values-bad/ must FAIL, with the error its
+#   "# expect:" line names (schema validation or a template check);
+# - check_manifests.py must catch deliberately broken renders;
+# - kustomize build of deploy/sidecar, deploy/sidecar-pre-1.29 and
+#   deploy/standalone, checked the same way.
+# Prints one line per check and ends with "N passed, M failed"; exits 1 if any
+# check failed. Rendered output is kept in $FISKIL_DEPLOY_OUT (default: a
+# temporary directory, removed at exit).
+set -euo pipefail
+# shellcheck source=tests/deploy/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RELEASE=fiskil-token-refresher
+NAMESPACE=fiskil
+
+HELM="$("${DEPLOY_TESTS_DIR}/helm.sh")"
+KUSTOMIZE="$("${DEPLOY_TESTS_DIR}/kustomize.sh")"
+PYTHON="$(with_tool_lock venv venv_python)"
+
+if [[ -n ${FISKIL_DEPLOY_OUT:-} ]]; then
+    out="${FISKIL_DEPLOY_OUT}"
+    rm -rf "${out}"
+    mkdir -p "${out}"
+else
+    out="$(mktemp -d)"
+    trap 'rm -rf "${out}"' EXIT
+fi
+results="${out}/results.txt"
+: >"${results}"
+
+# check NAME CMD...: run CMD quietly (its output goes to ${out}/logs), one line.
+check() {
+    local name="$1" log
+    shift
+    mkdir -p "${out}/logs"
+    log="${out}/logs/$(printf '%s' "${name}" | tr -c 'A-Za-z0-9._-' '_' | cut -c1-120).log"
+    if "$@" >"${log}" 2>&1; then
+        printf 'ok   %s\n' "${name}" | tee -a "${results}"
+    else
+        printf 'FAIL %s\n' "${name}" | tee -a "${results}"
+        sed 's/^/     | /' "${log}" | tail -n 20
+    fi
+}
+
+# run_checker ARGS...: check_manifests.py, whose lines count as checks.
+run_checker() {
+    local rc=0
+    "${PYTHON}" "${DEPLOY_TESTS_DIR}/check_manifests.py" "$@" >"${out}/checker.txt" 2>&1 || rc=$?
+    tee -a "${results}" <"${out}/checker.txt"
+    if ! grep -qE '^(ok|FAIL) ' "${out}/checker.txt"; then
+        printf 'FAIL check_manifests.py %s printed no checks (exit %d)\n' "$*" "${rc}" | tee -a "${results}"
+        sed 's/^/     | /' "${out}/checker.txt" | tail -n 20
+    fi
+    return "${rc}"
+}
+
+summary_of() { # summary_of NAME: "NAME: P passed, F failed" from the checker's last run
+    printf '     %s: %d checks passed, %d failed\n' "$1" \
+        "$(grep -c '^ok ' "${out}/checker.txt" || true)" "$(grep -c '^FAIL ' "${out}/checker.txt" || true)"
+}
+
+deploy_log "$("${HELM}" version --short), $("${KUSTOMIZE}" version)"
+
+# ----------------------------------------------------------------- lint ---
+check "helm lint --strict (default values)" "${HELM}" lint --strict "${CHART_DIR}"
+for f in "${DEPLOY_TESTS_DIR}"/values/*.yaml; do
+    set_name="$(basename "${f}" .yaml)"
+    check "helm lint --strict -f values/${set_name}.yaml" "${HELM}" lint --strict "${CHART_DIR}" -f "${f}"
+done
+
+# ------------------------------------------------------ good value sets ---
+mkdir -p "${out}/chart"
+for f in "${DEPLOY_TESTS_DIR}"/values/*.yaml; do
+    set_name="$(basename "${f}" .yaml)"
+    rendered="${out}/chart/${set_name}.yaml"
+    render() {
+        "${HELM}" template "${RELEASE}" "${CHART_DIR}" --namespace "${NAMESPACE}" -f "$1" >"$2"
+    }
+    check "helm template -f values/${set_name}.yaml" render "${f}" "${rendered}"
+    [[ -s ${rendered} ]] || continue
+    run_checker chart "chart/${set_name}" "${rendered}" --chart-dir "${CHART_DIR}" --values "${f}" \
+        --release "${RELEASE}" --namespace "${NAMESPACE}" || true
+    summary_of "chart/${set_name}"
+done
+
+# The NOTES render and name the Secret the writer fills. "helm install
+# --dry-run" needs a cluster, so render NOTES.txt through tpl in a copy.
+notes_name_the_secret() {
+    local copy="${out}/notes-chart"
+    rm -rf "${copy}"
+    cp -r "${CHART_DIR}" "${copy}"
+    cp "${copy}/templates/NOTES.txt" "${copy}/notes-under-test.txt"
+    printf '%s\n' 'notes: {{ tpl (.Files.Get "notes-under-test.txt") . | toJson }}' \
+        >"${copy}/templates/zz-notes-under-test.yaml"
+    "${HELM}" template "${RELEASE}" "${copy}" --namespace "${NAMESPACE}" \
+        --show-only templates/zz-notes-under-test.yaml -f "${DEPLOY_TESTS_DIR}/values/custom-namespace.yaml" |
+        "${PYTHON}" -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["notes"])' >"${out}/notes.txt"
+    cat "${out}/notes.txt"
+    grep -qF 'Secret "fiskil-api-token" in namespace "shared-tokens", key "bearer"' "${out}/notes.txt" &&
+        grep -qF "create secret generic ${RELEASE}-credentials" "${out}/notes.txt"
+}
+check "NOTES.txt names the token Secret, its namespace and key" notes_name_the_secret
+
+# The README's values table names every value, and only values that exist.
+readme_documents_values() {
+    "${PYTHON}" - "${CHART_DIR}" <<'PY'
+import re, sys, yaml
+chart = sys.argv[1]
+values = yaml.safe_load(open(f"{chart}/values.yaml"))
+readme = open(f"{chart}/README.md").read()
+rows = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
+missing, seen = [], set()
+def walk(d, prefix=""):
+    for k, v in d.items():
+        path = prefix + k
+        if path in rows:
+            seen.add(path)
+        elif isinstance(v, dict) and v:
+            walk(v, path + ".")
+        else:
+            missing.append(path)
+walk(values)
+unknown = sorted(rows - seen)
+print("not in the README table:", missing)
+print("in the table but not a value:", unknown)
+sys.exit(1 if missing or unknown else 0)
+PY
+}
+check "chart README.md documents every value (and no other)" readme_documents_values
+
+# ------------------------------------------------------- bad value sets ---
+for f in "${DEPLOY_TESTS_DIR}"/values-bad/*.yaml; do
+    set_name="$(basename "${f}" .yaml)"
+    expect="$(sed -n 's/^# expect: //p' "${f}" | head -n 1)"
+    if [[ -z ${expect} ]]; then
+        printf 'FAIL values-bad/%s.yaml has no "# expect:" line\n' "${set_name}" | tee -a "${results}"
+        continue
+    fi
+    rejected() { # rejected FILE EXPECT: helm template fails, and says EXPECT
+        local msg rc=0
+        msg="$("${HELM}" template "${RELEASE}" "${CHART_DIR}" --namespace "${NAMESPACE}" -f "$1" 2>&1)" || rc=$?
+        printf '%s\n' "${msg}"
+        [[ ${rc} -ne 0 ]] && grep -qF -- "$2" <<<"${msg}"
+    }
+    check "values-bad/${set_name}.yaml is rejected (${expect})" rejected "${f}" "${expect}"
+    # helm lint only logs a template's "fail"; it does fail on schema errors.
+    if grep -q '^# rejected-by: values.schema.json' "${f}"; then
+        lint_fails() { ! "${HELM}" lint --strict "${CHART_DIR}" -f "$1"; }
+        check "helm lint --strict fails with values-bad/${set_name}.yaml" lint_fails "${f}"
+    fi
+done
+
+# ------------------------------------ the checker catches broken renders ---
+# Each mutation breaks one property of a good render; the checker must fail.
+mutant_caught() { # mutant_caught SET PYTHON_EXPR_ON_DOCS
+    local set_name="$1" expr="$2" src mutant
+    src="${out}/chart/${set_name}.yaml"
+    mutant="${out}/mutant.yaml"
+    "${PYTHON}" - "${src}" "${mutant}" "${expr}" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+def deployments(): return [d for d in docs if d["kind"] == "Deployment"]
+def refresher(d):
+    s = d["spec"]["template"]["spec"]
+    return next(c for c in (s.get("initContainers") or []) + s["containers"] if c["name"] == "token-refresher")
+exec(sys.argv[3])
+yaml.safe_dump_all(docs, open(sys.argv[2], "w"))
+PY
+    local rc=0 report
+    report="$("${PYTHON}" "${DEPLOY_TESTS_DIR}/check_manifests.py" chart "mutant/${set_name}" "${mutant}" \
+        --chart-dir "${CHART_DIR}" --values "${DEPLOY_TESTS_DIR}/values/${set_name}.yaml" \
+        --release "${RELEASE}" --namespace "${NAMESPACE}" 2>&1)" || rc=$?
+    # Caught: the checker exits 1 with FAIL lines (not a crash).
+    grep '^FAIL ' <<<"${report}"
+    [[ ${rc} -eq 1 ]] && grep -q '^FAIL ' <<<"${report}"
+}
+check "checker catches readOnlyRootFilesystem: false" mutant_caught standalone-default \
+    'refresher(deployments()[0])["securityContext"]["readOnlyRootFilesystem"] = False'
+check "checker catches a missing capabilities drop" mutant_caught example \
+    'deployments()[-1]["spec"]["template"]["spec"]["containers"][0]["securityContext"].pop("capabilities")'
+check "checker catches a Role resourceNames that is not the Secret" mutant_caught standalone-default \
+    'next(d for d in docs if d["kind"] == "Role")["rules"][0]["resourceNames"] = ["other"]'
+check "checker catches a Role with list/watch" mutant_caught standalone-default \
+    'next(d for d in docs if d["kind"] == "Role")["rules"][0]["verbs"] += ["list", "watch"]'
+check "checker catches a refresh ratio that is not the value" mutant_caught example \
+    'a = refresher(deployments()[0])["args"]; a[:] = ["--refresh-ratio=0.8" if x.startswith("--refresh-ratio=") else x for x in a]'
+check "checker catches a sidecar without restartPolicy Always" mutant_caught example \
+    'refresher(next(d for d in deployments() if d["metadata"]["name"].endswith("-example"))).pop("restartPolicy")'
+check "checker catches a sidecar without startupProbe" mutant_caught example \
+    'refresher(next(d for d in deployments() if d["metadata"]["name"].endswith("-example"))).pop("startupProbe")'
+check "checker catches a token volume on disk instead of in memory" mutant_caught example \
+    'next(d for d in deployments() if d["metadata"]["name"].endswith("-example"))["spec"]["template"]["spec"]["volumes"][-1]["emptyDir"].pop("medium")'
+check "checker catches strategy RollingUpdate" mutant_caught standalone-default \
+    'deployments()[0]["spec"]["strategy"]["type"] = "RollingUpdate"'
+check "checker catches an extra object" mutant_caught standalone-default \
+    'docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "fiskil", "labels": {}}})'
+
+# ------------------------------------------------------------- deploy/ ---
+mkdir -p "${out}/deploy"
+for dir in sidecar sidecar-pre-1.29 standalone; do
+    rendered="${out}/deploy/${dir}.yaml"
+    kbuild() { "${KUSTOMIZE}" build "$1" >"$2"; }
+    check "kustomize build deploy/${dir}" kbuild "${REPO_ROOT}/deploy/${dir}" "${rendered}"
+    [[ -s ${rendered} ]] || continue
+    run_checker kustomize "deploy/${dir}" "${rendered}" || true
+    summary_of "deploy/${dir}"
+done
+roles_agree() { # the Role verbs in deploy/ and in the chart are the same
+    local chart_verbs deploy_verbs
+    chart_verbs="$("${PYTHON}" -c 'import sys, yaml; print(sorted(next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Role")["rules"][0]["verbs"]))' "${out}/chart/standalone-default.yaml")"
+    deploy_verbs="$("${PYTHON}" -c 'import sys, yaml; print(sorted(next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Role")["rules"][0]["verbs"]))' "${out}/deploy/standalone.yaml")"
+    echo "chart ${chart_verbs}, deploy ${deploy_verbs}"
+    [[ ${chart_verbs} == "${deploy_verbs}" ]]
+}
+check "deploy/standalone Role verbs equal the chart's secretVerbs" roles_agree
+
+# -------------------------------------------------------------- summary ---
+passed="$(grep -c '^ok ' "${results}" || true)"
+failed="$(grep -c '^FAIL ' "${results}" || true)"
+printf '%d passed, %d failed\n' "${passed}" "${failed}"
+((failed == 0))

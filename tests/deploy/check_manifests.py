@@ -1,0 +1,595 @@
+#!/usr/bin/env python3
+"""Assert properties of rendered fiskil-token-refresher manifests.
+
+Chart output:
+    check_manifests.py chart NAME RENDERED.yaml --chart-dir DIR --values FILE \
+        --release R --namespace NS
+deploy/ output (kustomize build):
+    check_manifests.py kustomize NAME RENDERED.yaml
+
+Prints one line per check ("ok   ..." or "FAIL ...") and exits 1 if any
+check failed. Expectations for the chart come from its values.yaml merged with
+the value set; for deploy/ they come from the manifests' own consistency
+(e.g. the Role names the Secret the writer's --secret-name gives).
+"""
+
+import argparse
+import base64
+import copy
+import posixpath
+import sys
+
+import yaml
+
+REFRESHER = "token-refresher"
+REFRESHER_UID = 65532
+# Verbs the writer's Role may hold on its Secret. Anything wider (list, watch,
+# delete, "*") fails the check.
+ALLOWED_SECRET_VERBS = {"get", "patch", "update", "create"}
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+)
+TIMING_FLAGS = (
+    ("refreshRatio", "--refresh-ratio"),
+    ("refreshJitter", "--refresh-jitter"),
+    ("minRefreshInterval", "--min-refresh-interval"),
+    ("backoffInitial", "--backoff-initial"),
+    ("backoffMax", "--backoff-max"),
+    ("connectTimeout", "--connect-timeout"),
+    ("requestTimeout", "--request-timeout"),
+    ("credentialsPollInterval", "--credentials-poll-interval"),
+    ("tokenUrl", "--token-url"),
+    ("logFormat", "--log-format"),
+    ("logLevel", "--log-level"),
+)
+
+
+class Checker:
+    def __init__(self, name):
+        self.name = name
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, description, condition, detail=""):
+        if condition:
+            self.passed += 1
+            print(f"ok   {self.name}: {description}")
+        else:
+            self.failed += 1
+            extra = f" ({detail})" if detail else ""
+            print(f"FAIL {self.name}: {description}{extra}")
+        return bool(condition)
+
+
+def deep_merge(base, override):
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def fmt_value(value):
+    """How the chart prints a number or string into an argument."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def arg_value(args, flag):
+    prefix = flag + "="
+    values = [a[len(prefix):] for a in args if a.startswith(prefix)]
+    return values
+
+
+def pod_spec(obj):
+    return obj.get("spec", {}).get("template", {}).get("spec")
+
+
+def all_containers(spec):
+    return [("initContainer", c) for c in spec.get("initContainers") or []] + [
+        ("container", c) for c in spec.get("containers") or []
+    ]
+
+
+def effective(container, pod, field):
+    csc = container.get("securityContext") or {}
+    psc = pod.get("securityContext") or {}
+    if field in csc:
+        return csc[field]
+    return psc.get(field)
+
+
+def check_restricted(ck, obj):
+    """The "restricted" Pod Security Standard, container by container."""
+    spec = pod_spec(obj)
+    where = f"{obj['kind']}/{obj['metadata']['name']}"
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        ck.check(f"{where}: no {flag}", not spec.get(flag))
+    vols = spec.get("volumes") or []
+    allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+               "persistentVolumeClaim", "projected", "secret"}
+    bad = [v["name"] for v in vols if not (set(v) - {"name"}) <= allowed]
+    ck.check(f"{where}: only restricted volume types", not bad, f"bad: {bad}")
+    for kind, c in all_containers(spec):
+        cw = f"{where} {kind} {c['name']}"
+        sc = c.get("securityContext") or {}
+        ck.check(f"{cw}: runAsNonRoot", effective(c, spec, "runAsNonRoot") is True)
+        uid = effective(c, spec, "runAsUser")
+        ck.check(f"{cw}: runAsUser set and not 0", uid is not None and uid != 0, f"runAsUser={uid}")
+        ck.check(f"{cw}: allowPrivilegeEscalation false", sc.get("allowPrivilegeEscalation") is False)
+        ck.check(f"{cw}: not privileged", sc.get("privileged") is not True)
+        caps = sc.get("capabilities") or {}
+        ck.check(f"{cw}: capabilities drop ALL", "ALL" in (caps.get("drop") or []))
+        ck.check(f"{cw}: adds no capability beyond NET_BIND_SERVICE",
+                 set(caps.get("add") or []) <= {"NET_BIND_SERVICE"})
+        ck.check(f"{cw}: readOnlyRootFilesystem", sc.get("readOnlyRootFilesystem") is True)
+        seccomp = (effective(c, spec, "seccompProfile") or {}).get("type")
+        ck.check(f"{cw}: seccompProfile RuntimeDefault", seccomp in ("RuntimeDefault", "Localhost"),
+                 f"type={seccomp}")
+        ck.check(f"{cw}: no hostPort",
+                 not any(p.get("hostPort") for p in c.get("ports") or []))
+
+
+def find_refresher(spec):
+    for kind, c in all_containers(spec):
+        if c["name"] == REFRESHER:
+            return kind, c
+    return None, None
+
+
+def check_refresher(ck, obj, expect):
+    """Probes, ports, args and mounts of the refresher container."""
+    spec = pod_spec(obj)
+    where = f"{obj['kind']}/{obj['metadata']['name']}"
+    kind, c = find_refresher(spec)
+    if not ck.check(f"{where}: has a {REFRESHER} container", c is not None):
+        return None
+    args = c.get("args") or []
+    ck.check(f"{where}: {REFRESHER} runs as UID {REFRESHER_UID}",
+             effective(c, spec, "runAsUser") == REFRESHER_UID)
+    ck.check(f"{where}: image is fiskil-token-refresher",
+             "fiskil-token-refresher" in c.get("image", ""), c.get("image"))
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+    ck.check(f"{where}: port http-metrics is {expect['port']}", ports.get("http-metrics") == expect["port"],
+             f"ports={ports}")
+    ck.check(f"{where}: --listen on port {expect['port']}",
+             arg_value(args, "--listen") == [f"0.0.0.0:{expect['port']}"], str(arg_value(args, "--listen")))
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        ck.check(f"{where}: {probe} GET {path} on http-metrics",
+                 get.get("path") == path and get.get("port") == "http-metrics", str(get))
+    for key, flag in TIMING_FLAGS:
+        if key not in expect["args"]:
+            continue
+        want = expect["args"][key]
+        got = arg_value(args, flag)
+        ck.check(f"{where}: {flag}={want}", got == [want], f"got {got}")
+    dupes = sorted({a.split("=", 1)[0] for a in args if a.startswith("--")
+                    and sum(1 for b in args if b.split("=", 1)[0] == a.split("=", 1)[0]) > 1})
+    ck.check(f"{where}: no option given twice", not dupes, f"twice: {dupes}")
+    for extra in expect.get("extraArgs", []):
+        ck.check(f"{where}: extra argument {extra}", extra in args)
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts") or []}
+    cred = mounts.get("/var/run/secrets/fiskil")
+    ck.check(f"{where}: credentials mounted read-only at /var/run/secrets/fiskil",
+             cred is not None and cred.get("readOnly") is True)
+    vols = {v["name"]: v for v in spec.get("volumes") or []}
+    cred_vol = vols.get(cred["name"]) if cred else None
+    secret = (cred_vol or {}).get("secret") or {}
+    ck.check(f"{where}: credentials volume is Secret {expect['credentialsSecret']}",
+             secret.get("secretName") == expect["credentialsSecret"], str(secret.get("secretName")))
+    items = {i["path"]: i["key"] for i in secret.get("items") or []}
+    ck.check(f"{where}: credential files client_id <- {expect['clientIdKey']}, "
+             f"client_secret <- {expect['clientSecretKey']}",
+             items == {"client_id": expect["clientIdKey"], "client_secret": expect["clientSecretKey"]},
+             str(items))
+    res = c.get("resources") or {}
+    ck.check(f"{where}: cpu/memory requests and a memory limit",
+             {"cpu", "memory"} <= set(res.get("requests") or {}) and "memory" in (res.get("limits") or {}),
+             str(res))
+    if expect.get("caFile"):
+        ck.check(f"{where}: --ca-file={expect['caFile']}", arg_value(args, "--ca-file") == [expect["caFile"]])
+        ck.check(f"{where}: CA bundle mounted at /etc/fiskil/ca", "/etc/fiskil/ca" in mounts)
+    for name, value in expect.get("env", {}).items():
+        env = {e["name"]: e.get("value") for e in c.get("env") or []}
+        ck.check(f"{where}: env {name}={value}", env.get(name) == value, str(env.get(name)))
+    return kind, c, args
+
+
+def labels_subset(sub, labels):
+    return bool(sub) and all(labels.get(k) == v for k, v in sub.items())
+
+
+def check_writer(ck, objs, dep, expect):
+    where = f"Deployment/{dep['metadata']['name']}"
+    spec = pod_spec(dep)
+    ck.check(f"{where}: 1 replica", dep["spec"].get("replicas") == 1)
+    ck.check(f"{where}: strategy Recreate", (dep["spec"].get("strategy") or {}).get("type") == "Recreate")
+    ck.check(f"{where}: automountServiceAccountToken true (it calls the API server)",
+             spec.get("automountServiceAccountToken") is True)
+    result = check_refresher(ck, dep, expect)
+    if not result:
+        return
+    _, _, args = result
+    names = arg_value(args, "--secret-name")
+    ck.check(f"{where}: exactly one --secret-name", len(names) == 1, str(names))
+    secret_name = names[0] if names else None
+    if expect.get("tokenSecret"):
+        ck.check(f"{where}: --secret-name={expect['tokenSecret']}", secret_name == expect["tokenSecret"])
+    if expect.get("tokenKey"):
+        ck.check(f"{where}: --secret-key={expect['tokenKey']}",
+                 arg_value(args, "--secret-key") == [expect["tokenKey"]])
+    dep_ns = dep["metadata"].get("namespace")
+    ns_args = arg_value(args, "--secret-namespace")
+    secret_ns = ns_args[0] if ns_args else dep_ns
+    if expect.get("tokenNamespace"):
+        ck.check(f"{where}: Secret namespace {expect['tokenNamespace']}", secret_ns == expect["tokenNamespace"],
+                 str(secret_ns))
+    ck.check(f"{where}: no --token-file (Secret output only)", not arg_value(args, "--token-file"))
+
+    sa_name = spec.get("serviceAccountName")
+    if expect.get("serviceAccountCreated", True):
+        sas = [o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == sa_name
+               and o["metadata"].get("namespace") == dep_ns]
+        ck.check(f"{where}: its ServiceAccount {sa_name} exists in {dep_ns}", len(sas) == 1)
+        if sas:
+            ck.check(f"ServiceAccount/{sa_name}: automountServiceAccountToken false",
+                     sas[0].get("automountServiceAccountToken") is False)
+    if not expect.get("rbac", True):
+        return
+    roles = [o for o in objs if o["kind"] == "Role"]
+    ck.check("exactly one Role", len(roles) == 1, f"{len(roles)} Roles")
+    if not roles:
+        return
+    role = roles[0]
+    rw = f"Role/{role['metadata']['name']}"
+    ck.check(f"{rw}: in the Secret's namespace {secret_ns}", role["metadata"].get("namespace") == secret_ns,
+             str(role["metadata"].get("namespace")))
+    rules = role.get("rules") or []
+    ck.check(f"{rw}: exactly one rule", len(rules) == 1, f"{len(rules)} rules")
+    if rules:
+        rule = rules[0]
+        ck.check(f"{rw}: core API group, resource secrets",
+                 rule.get("apiGroups") == [""] and rule.get("resources") == ["secrets"], str(rule))
+        ck.check(f"{rw}: resourceNames equals the secret name [{secret_name}]",
+                 rule.get("resourceNames") == [secret_name], str(rule.get("resourceNames")))
+        verbs = set(rule.get("verbs") or [])
+        ck.check(f"{rw}: verbs include patch (server-side apply) and are within {sorted(ALLOWED_SECRET_VERBS)}",
+                 "patch" in verbs and verbs <= ALLOWED_SECRET_VERBS, str(sorted(verbs)))
+    bindings = [o for o in objs if o["kind"] == "RoleBinding"]
+    ck.check("exactly one RoleBinding", len(bindings) == 1, f"{len(bindings)} RoleBindings")
+    if bindings:
+        rb = bindings[0]
+        bw = f"RoleBinding/{rb['metadata']['name']}"
+        ck.check(f"{bw}: in the Secret's namespace", rb["metadata"].get("namespace") == secret_ns)
+        ref = rb.get("roleRef") or {}
+        ck.check(f"{bw}: refers to {rw}", ref.get("kind") == "Role" and ref.get("name") == role["metadata"]["name"]
+                 and ref.get("apiGroup") == "rbac.authorization.k8s.io", str(ref))
+        ck.check(f"{bw}: subject is ServiceAccount {dep_ns}/{sa_name}",
+                 rb.get("subjects") == [{"kind": "ServiceAccount", "name": sa_name, "namespace": dep_ns}],
+                 str(rb.get("subjects")))
+
+
+def check_sidecar(ck, dep, expect, native=True):
+    where = f"Deployment/{dep['metadata']['name']}"
+    spec = pod_spec(dep)
+    ck.check(f"{where}: automountServiceAccountToken false (no API access needed)",
+             spec.get("automountServiceAccountToken") is False)
+    result = check_refresher(ck, dep, expect)
+    if not result:
+        return
+    kind, c, args = result
+    if native:
+        ck.check(f"{where}: {REFRESHER} is a native sidecar (initContainer)", kind == "initContainer")
+        ck.check(f"{where}: {REFRESHER} has restartPolicy Always", c.get("restartPolicy") == "Always")
+        get = (c.get("startupProbe") or {}).get("httpGet") or {}
+        ck.check(f"{where}: {REFRESHER} startupProbe GET /readyz on http-metrics",
+                 get.get("path") == "/readyz" and get.get("port") == "http-metrics", str(get))
+    else:
+        ck.check(f"{where}: {REFRESHER} is a regular container, listed first",
+                 kind == "container" and spec["containers"][0]["name"] == REFRESHER)
+        ck.check(f"{where}: {REFRESHER} has no restartPolicy/startupProbe",
+                 "restartPolicy" not in c and "startupProbe" not in c)
+        ck.check(f"{where}: no initContainers left", not spec.get("initContainers"))
+    token_file = expect["tokenFile"]
+    ck.check(f"{where}: --token-file={token_file}", arg_value(args, "--token-file") == [token_file])
+    ck.check(f"{where}: no --secret-name (file output only)", not arg_value(args, "--secret-name"))
+    token_dir = posixpath.dirname(token_file)
+    vols = {v["name"]: v for v in spec.get("volumes") or []}
+    mine = {m["mountPath"]: m for m in c.get("volumeMounts") or []}
+    tm = mine.get(token_dir)
+    ck.check(f"{where}: {REFRESHER} mounts {token_dir} read-write", tm is not None and not tm.get("readOnly"))
+    vol = vols.get(tm["name"]) if tm else None
+    ck.check(f"{where}: {token_dir} is an in-memory emptyDir",
+             vol is not None and (vol.get("emptyDir") or {}).get("medium") == "Memory", str(vol))
+    apps = [x for x in spec.get("containers") or [] if x["name"] != REFRESHER]
+    ck.check(f"{where}: has an app container", len(apps) >= 1)
+    fs_group = (spec.get("securityContext") or {}).get("fsGroup")
+    ck.check(f"{where}: pod fsGroup set", fs_group is not None)
+    for app in apps:
+        aw = f"{where} container {app['name']}"
+        am = {m["mountPath"]: m for m in app.get("volumeMounts") or []}
+        m = am.get(token_dir)
+        ck.check(f"{aw}: mounts {token_dir} read-only", m is not None and m.get("readOnly") is True
+                 and tm is not None and m["name"] == tm["name"])
+        ck.check(f"{aw}: does not mount the credentials",
+                 "/var/run/secrets/fiskil" not in am and all(
+                     not (vols.get(x["name"]) or {}).get("secret") for x in app.get("volumeMounts") or []))
+        uid = effective(app, spec, "runAsUser")
+        ck.check(f"{aw}: runs as another UID than {REFRESHER} ({uid})", uid != effective(c, spec, "runAsUser"))
+        if expect.get("appUid") is not None:
+            ck.check(f"{aw}: runAsUser {expect['appUid']}", uid == expect["appUid"])
+        if expect.get("appImage"):
+            ck.check(f"{aw}: image {expect['appImage']}", app.get("image") == expect["appImage"])
+    for key, flag in (("tokenFormat", "--token-format"), ("fileMode", "--file-mode")):
+        if key in expect:
+            ck.check(f"{where}: {flag}={expect[key]}", arg_value(args, flag) == [expect[key]])
+
+
+def check_service_monitor(ck, objs, writer, expect):
+    services = [o for o in objs if o["kind"] == "Service"]
+    ck.check("exactly one Service", len(services) == 1, f"{len(services)} Services")
+    if not services:
+        return
+    svc = services[0]
+    sw = f"Service/{svc['metadata']['name']}"
+    ports = svc["spec"].get("ports") or []
+    ck.check(f"{sw}: port http-metrics {expect['port']}",
+             any(p.get("name") == "http-metrics" and p.get("port") == expect["port"] for p in ports), str(ports))
+    pod_labels = writer["spec"]["template"]["metadata"].get("labels") or {}
+    ck.check(f"{sw}: selector matches the writer's pods", labels_subset(svc["spec"].get("selector"), pod_labels))
+    if not expect.get("serviceMonitor"):
+        ck.check("no ServiceMonitor", not [o for o in objs if o["kind"] == "ServiceMonitor"])
+        return
+    sms = [o for o in objs if o["kind"] == "ServiceMonitor"]
+    ck.check("exactly one ServiceMonitor", len(sms) == 1)
+    if not sms:
+        return
+    sm = sms[0]
+    mw = f"ServiceMonitor/{sm['metadata']['name']}"
+    ck.check(f"{mw}: apiVersion monitoring.coreos.com/v1", sm.get("apiVersion") == "monitoring.coreos.com/v1")
+    eps = sm["spec"].get("endpoints") or []
+    ck.check(f"{mw}: scrapes port http-metrics path /metrics",
+             len(eps) == 1 and eps[0].get("port") == "http-metrics" and eps[0].get("path") == "/metrics", str(eps))
+    if eps:
+        ck.check(f"{mw}: interval {expect['smInterval']}, timeout {expect['smTimeout']}",
+                 eps[0].get("interval") == expect["smInterval"] and eps[0].get("scrapeTimeout") == expect["smTimeout"])
+    ck.check(f"{mw}: selector matches the Service",
+             labels_subset(sm["spec"].get("selector", {}).get("matchLabels"), svc["metadata"].get("labels") or {}))
+    ck.check(f"{mw}: namespaceSelector names {svc['metadata']['namespace']}",
+             sm["spec"].get("namespaceSelector", {}).get("matchNames") == [svc["metadata"]["namespace"]])
+    for k, v in expect.get("smLabels", {}).items():
+        ck.check(f"{mw}: label {k}={v}", sm["metadata"].get("labels", {}).get(k) == v)
+
+
+def is_writer(obj):
+    spec = pod_spec(obj) if obj["kind"] == "Deployment" else None
+    if not spec:
+        return False
+    _, c = find_refresher(spec)
+    return c is not None and bool(arg_value(c.get("args") or [], "--secret-name"))
+
+
+def is_sidecar_workload(obj):
+    spec = pod_spec(obj) if obj["kind"] == "Deployment" else None
+    if not spec:
+        return False
+    _, c = find_refresher(spec)
+    return c is not None and bool(arg_value(c.get("args") or [], "--token-file"))
+
+
+def chart_expectations(args):
+    with open(posixpath.join(args.chart_dir, "values.yaml")) as f:
+        defaults = yaml.safe_load(f)
+    with open(args.values) as f:
+        overrides = yaml.safe_load(f) or {}
+    v = deep_merge(defaults, overrides)
+    chart_name = "fiskil-token-refresher"
+    if v["fullnameOverride"]:
+        fullname = v["fullnameOverride"][:63].rstrip("-")
+    else:
+        name = v["nameOverride"] or chart_name
+        fullname = args.release if name in args.release else f"{args.release}-{name}"
+        fullname = fullname[:63].rstrip("-")
+    cred = v["credentials"]
+    exp = {
+        "values": v,
+        "fullname": fullname,
+        "port": int(v["port"]),
+        "args": {key: fmt_value(v[key]) for key, _ in TIMING_FLAGS},
+        "extraArgs": v["extraArgs"],
+        "credentialsSecret": cred["existingSecret"] or f"{fullname}-credentials",
+        "clientIdKey": cred["clientIdKey"] if cred["existingSecret"] else "client_id",
+        "clientSecretKey": cred["clientSecretKey"] if cred["existingSecret"] else "client_secret",
+        "createCredentials": bool(not cred["existingSecret"] and cred["clientId"] and cred["clientSecret"]),
+        "tokenSecret": v["tokenSecret"]["name"] or f"{fullname}-token",
+        "tokenNamespace": v["tokenSecret"]["namespace"] or args.namespace,
+        "tokenKey": v["tokenSecret"]["key"],
+        "serviceAccountCreated": v["serviceAccount"]["create"],
+        "rbac": v["rbac"]["create"],
+        "serviceMonitor": v["serviceMonitor"]["enabled"],
+        "service": v["service"]["enabled"] or v["serviceMonitor"]["enabled"],
+        "smInterval": v["serviceMonitor"]["interval"],
+        "smTimeout": v["serviceMonitor"]["scrapeTimeout"],
+        "smLabels": v["serviceMonitor"]["labels"] or {},
+        "env": {},
+    }
+    if v["ca"]["configMap"] or v["ca"]["secret"]:
+        exp["caFile"] = f"/etc/fiskil/ca/{v['ca']['key']}"
+    if v["proxy"]["httpsProxy"]:
+        exp["env"]["HTTPS_PROXY"] = v["proxy"]["httpsProxy"]
+    if v["proxy"]["noProxy"]:
+        exp["env"]["NO_PROXY"] = v["proxy"]["noProxy"]
+    for e in v["extraEnv"]:
+        if "value" in e:
+            exp["env"][e["name"]] = e["value"]
+    ex = v["example"]
+    exp["example"] = dict(exp, tokenFile=ex["tokenFile"], tokenFormat=ex["tokenFormat"],
+                          fileMode=str(ex["fileMode"]), appUid=ex["app"]["runAsUser"], appImage=ex["app"]["image"])
+    return exp
+
+
+def run_chart(ck, objs, args):
+    exp = chart_expectations(args)
+    v = exp["values"]
+    # Which objects, exactly.
+    want = []
+    if v["standalone"]["enabled"]:
+        want.append(("Deployment", exp["fullname"]))
+        if v["serviceAccount"]["create"]:
+            want.append(("ServiceAccount", v["serviceAccount"]["name"] or exp["fullname"]))
+        if v["rbac"]["create"]:
+            want += [("Role", exp["fullname"]), ("RoleBinding", exp["fullname"])]
+        if exp["service"]:
+            want.append(("Service", exp["fullname"]))
+        if exp["serviceMonitor"]:
+            want.append(("ServiceMonitor", exp["fullname"]))
+    if v["example"]["enabled"]:
+        want += [("Deployment", f"{exp['fullname']}-example"), ("ServiceAccount", f"{exp['fullname']}-example")]
+    if exp["createCredentials"] and (v["standalone"]["enabled"] or v["example"]["enabled"]):
+        want.append(("Secret", exp["credentialsSecret"]))
+    got = sorted((o["kind"], o["metadata"]["name"]) for o in objs)
+    ck.check(f"renders exactly {len(want)} objects: {', '.join(k for k, _ in sorted(want))}",
+             got == sorted(want), f"got {got}")
+
+    for o in objs:
+        labels = o["metadata"].get("labels") or {}
+        missing = [k for k in STANDARD_LABELS if k not in labels]
+        ck.check(f"{o['kind']}/{o['metadata']['name']}: standard labels", not missing, f"missing {missing}")
+        ck.check(f"{o['kind']}/{o['metadata']['name']}: managed-by Helm, instance {args.release}",
+                 labels.get("app.kubernetes.io/managed-by") == "Helm"
+                 and labels.get("app.kubernetes.io/instance") == args.release)
+        if o["kind"] not in ("Role", "RoleBinding", "ServiceMonitor"):
+            ck.check(f"{o['kind']}/{o['metadata']['name']}: in the release namespace {args.namespace}",
+                     o["metadata"].get("namespace") == args.namespace)
+        if o["kind"] == "Deployment":
+            tl = o["spec"]["template"]["metadata"].get("labels") or {}
+            ck.check(f"Deployment/{o['metadata']['name']}: pod template has the standard labels",
+                     all(k in tl for k in STANDARD_LABELS))
+            ck.check(f"Deployment/{o['metadata']['name']}: selector matches the pod template",
+                     labels_subset(o["spec"]["selector"]["matchLabels"], tl))
+            for k, val in (v["podLabels"] or {}).items():
+                ck.check(f"Deployment/{o['metadata']['name']}: pod label {k}", tl.get(k) == val)
+            ann = o["spec"]["template"]["metadata"].get("annotations") or {}
+            for k, val in (v["podAnnotations"] or {}).items():
+                ck.check(f"Deployment/{o['metadata']['name']}: pod annotation {k}", ann.get(k) == val)
+            if v["metrics"]["scrapeAnnotations"]:
+                ck.check(f"Deployment/{o['metadata']['name']}: prometheus.io scrape annotations",
+                         ann.get("prometheus.io/scrape") == "true"
+                         and ann.get("prometheus.io/port") == str(exp["port"])
+                         and ann.get("prometheus.io/path") == "/metrics", str(ann))
+            spec = pod_spec(o)
+            for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
+                if v[key]:
+                    ck.check(f"Deployment/{o['metadata']['name']}: {key} from values", spec.get(key) == v[key])
+            if v["imagePullSecrets"]:
+                ck.check(f"Deployment/{o['metadata']['name']}: imagePullSecrets",
+                         spec.get("imagePullSecrets") == v["imagePullSecrets"])
+            _, c = find_refresher(spec)
+            if c is not None:
+                img = v["image"]
+                want_image = (f"{img['repository']}@{img['digest']}" if img["digest"]
+                              else f"{img['repository']}:{img['tag'] or '0.1.0'}")
+                ck.check(f"Deployment/{o['metadata']['name']}: image {want_image}", c.get("image") == want_image,
+                         c.get("image"))
+        if o["kind"] == "Secret":
+            data = o.get("data") or {}
+            ck.check(f"Secret/{o['metadata']['name']}: client_id and client_secret from values",
+                     base64.b64decode(data.get("client_id", "")).decode() == v["credentials"]["clientId"]
+                     and base64.b64decode(data.get("client_secret", "")).decode()
+                     == v["credentials"]["clientSecret"])
+
+    workloads = [o for o in objs if pod_spec(o) is not None]
+    ck.check("has at least one workload", bool(workloads))
+    for o in workloads:
+        check_restricted(ck, o)
+    writers = [o for o in workloads if is_writer(o)]
+    sidecars = [o for o in workloads if is_sidecar_workload(o)]
+    ck.check(f"{int(v['standalone']['enabled'])} standalone writer(s)",
+             len(writers) == int(v["standalone"]["enabled"]))
+    ck.check(f"{int(v['example']['enabled'])} sidecar workload(s)", len(sidecars) == int(v["example"]["enabled"]))
+    for w in writers:
+        check_writer(ck, objs, w, exp)
+        if exp["service"]:
+            check_service_monitor(ck, objs, w, exp)
+    for s in sidecars:
+        check_sidecar(ck, s, exp["example"], native=True)
+        sa = [o for o in objs if o["kind"] == "ServiceAccount"
+              and o["metadata"]["name"] == pod_spec(s).get("serviceAccountName")]
+        ck.check(f"Deployment/{s['metadata']['name']}: its ServiceAccount exists with automount false",
+                 len(sa) == 1 and sa[0].get("automountServiceAccountToken") is False)
+
+
+def run_kustomize(ck, objs, name):
+    workloads = [o for o in objs if pod_spec(o) is not None]
+    ck.check("has at least one workload", bool(workloads))
+    for o in workloads:
+        check_restricted(ck, o)
+    secrets = [o for o in objs if o["kind"] == "Secret"]
+    ck.check("includes the credentials Secret (placeholder values)", len(secrets) == 1)
+    cred_name = secrets[0]["metadata"]["name"] if secrets else None
+    if secrets:
+        sd = secrets[0].get("stringData") or {}
+        ck.check(f"Secret/{cred_name}: keys client_id and client_secret", set(sd) == {"client_id", "client_secret"})
+        ck.check(f"Secret/{cred_name}: values are placeholders",
+                 all(str(x).startswith("REPLACE_WITH_") for x in sd.values()))
+    nss = {o["metadata"].get("namespace") for o in objs}
+    ck.check("every object has the same namespace", len(nss) == 1 and None not in nss, str(nss))
+    base = {
+        "port": 9847,
+        "args": {"refreshRatio": "0.8", "refreshJitter": "0.05", "minRefreshInterval": "1s",
+                 "backoffInitial": "1s", "backoffMax": "60s", "connectTimeout": "5s",
+                 "requestTimeout": "30s", "credentialsPollInterval": "10s",
+                 "tokenUrl": "https://api.fiskil.com/v1/token", "logFormat": "json", "logLevel": "info"},
+        "credentialsSecret": cred_name,
+        "clientIdKey": "client_id",
+        "clientSecretKey": "client_secret",
+    }
+    writers = [o for o in workloads if is_writer(o)]
+    sidecars = [o for o in workloads if is_sidecar_workload(o)]
+    if name.startswith("standalone"):
+        ck.check("one standalone writer, no sidecar workload", len(writers) == 1 and not sidecars)
+        for w in writers:
+            check_writer(ck, objs, w, dict(base, tokenKey="token"))
+    else:
+        ck.check("one sidecar workload, no standalone writer", len(sidecars) == 1 and not writers)
+        ck.check("no RBAC objects", not [o for o in objs if o["kind"] in ("Role", "RoleBinding")])
+        for s in sidecars:
+            check_sidecar(ck, s, dict(base, tokenFile="/var/run/fiskil/token", tokenFormat="raw", fileMode="0640"),
+                          native="pre-1.29" not in name)
+            sa = [o for o in objs if o["kind"] == "ServiceAccount"
+                  and o["metadata"]["name"] == pod_spec(s).get("serviceAccountName")]
+            ck.check(f"Deployment/{s['metadata']['name']}: its ServiceAccount exists with automount false",
+                     len(sa) == 1 and sa[0].get("automountServiceAccountToken") is False)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["chart", "kustomize"])
+    p.add_argument("name")
+    p.add_argument("rendered")
+    p.add_argument("--chart-dir")
+    p.add_argument("--values")
+    p.add_argument("--release", default="fiskil-token-refresher")
+    p.add_argument("--namespace", default="fiskil")
+    args = p.parse_args()
+    with open(args.rendered) as f:
+        objs = [d for d in yaml.safe_load_all(f) if d]
+    ck = Checker(args.name)
+    if args.mode == "chart":
+        run_chart(ck, objs, args)
+    else:
+        run_kustomize(ck, objs, posixpath.basename(args.name))
+    return 1 if ck.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

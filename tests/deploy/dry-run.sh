@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+# Server-side dry-run of every rendered chart manifest (each value set in
+# tests/deploy/values/) and of every deploy/ kustomization, against a real
+# kube-apiserver, in namespaces labelled pod-security.kubernetes.io/enforce=restricted.
+#
+#   tests/deploy/dry-run.sh KUBECONFIG
+#
+# e.g. with the throwaway control plane of tests/cluster:
+#   tests/cluster/up.sh /tmp/fiskil-cluster-chart
+#   tests/deploy/dry-run.sh /tmp/fiskil-cluster-chart/kubeconfig
+#   tests/cluster/down.sh /tmp/fiskil-cluster-chart
+#
+# What it does to the cluster (meant for a throwaway one): creates the
+# namespaces the manifests use (labelled restricted), a ServiceMonitor CRD
+# stand-in, a PriorityClass, the ServiceAccounts (pods are admitted only with
+# an existing ServiceAccount), and, for the RBAC check, the standalone writer's
+# Role and RoleBinding in a namespace of its own.
+#
+# Checks:
+# - "kubectl apply --dry-run=server" of each rendered file succeeds with no
+#   PodSecurity warning (the namespaces also carry warn=restricted: a workload
+#   object only gets warnings, never a rejection);
+# - every pod template, submitted as a Pod ("kubectl create --dry-run=server"),
+#   is admitted under enforce=restricted, and a deliberately non-compliant Pod
+#   is rejected (so the enforcement is known to be on);
+# - RBAC: impersonating the writer's ServiceAccount, a server-side apply of its
+#   Secret (the PATCH the daemon sends) creates and then updates it with only
+#   the Role's verbs, while other Secrets and other verbs are forbidden; and
+#   "patch" alone is shown not to be enough to create it.
+# Prints one line per check and "N passed, M failed"; exits 1 on any failure.
+set -euo pipefail
+# shellcheck source=tests/deploy/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+[[ $# -eq 1 && -f $1 ]] || {
+    echo "usage: $0 KUBECONFIG" >&2
+    exit 2
+}
+export KUBECONFIG
+KUBECONFIG="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+
+RELEASE=fiskil-token-refresher
+NAMESPACE=fiskil
+RBAC_NAMESPACE=fiskil-rbac
+
+HELM="$("${DEPLOY_TESTS_DIR}/helm.sh")"
+KUSTOMIZE="$("${DEPLOY_TESTS_DIR}/kustomize.sh")"
+KUBECTL="$("${DEPLOY_TESTS_DIR}/kubectl.sh")"
+PYTHON="$(with_tool_lock venv venv_python)"
+command -v curl >/dev/null 2>&1 || deploy_die "curl is required"
+
+out="$(mktemp -d)"
+trap 'rm -rf "${out}"' EXIT
+results="${out}/results.txt"
+: >"${results}"
+
+check() { # check NAME CMD...: run CMD (output to a log), one line.
+    local name="$1" log
+    shift
+    log="${out}/log.txt"
+    if "$@" >"${log}" 2>&1; then
+        printf 'ok   %s\n' "${name}" | tee -a "${results}"
+    else
+        printf 'FAIL %s\n' "${name}" | tee -a "${results}"
+        sed 's/^/     | /' "${log}" | tail -n 25
+    fi
+}
+k() { "${KUBECTL}" "$@"; }
+
+deploy_log "kubectl: ${KUBECTL} ($(k version --client 2>/dev/null | head -n 1))"
+check "API server reachable" k get --raw /readyz
+deploy_log "server: $(k version 2>/dev/null | grep -i '^server' || true)"
+
+# --------------------------------------------------------------- render ---
+mkdir -p "${out}/rendered"
+for f in "${DEPLOY_TESTS_DIR}"/values/*.yaml; do
+    name="chart-$(basename "${f}" .yaml)"
+    "${HELM}" template "${RELEASE}" "${CHART_DIR}" --namespace "${NAMESPACE}" -f "${f}" \
+        >"${out}/rendered/${name}.yaml"
+done
+for dir in "${REPO_ROOT}"/deploy/*/; do
+    dir="${dir%/}"
+    [[ -f ${dir}/kustomization.yaml ]] || continue
+    "${KUSTOMIZE}" build "${dir}" >"${out}/rendered/deploy-$(basename "${dir}").yaml"
+done
+deploy_log "rendered $(find "${out}/rendered" -name '*.yaml' | wc -l) manifest sets"
+
+# Split helpers (PyYAML): namespaces used, ServiceAccounts, Pods from templates.
+"${PYTHON}" - "${out}/rendered" "${out}" "${RBAC_NAMESPACE}" <<'PY'
+import glob, os, sys, yaml
+rendered, out, rbac_ns = sys.argv[1:4]
+namespaces, sas = set([rbac_ns]), {}
+os.makedirs(os.path.join(out, "pods"), exist_ok=True)
+for path in sorted(glob.glob(os.path.join(rendered, "*.yaml"))):
+    name = os.path.basename(path)[:-5]
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    pods = []
+    for d in docs:
+        ns = d["metadata"].get("namespace")
+        if ns:
+            namespaces.add(ns)
+        if d["kind"] == "ServiceAccount":
+            sas[(ns, d["metadata"]["name"])] = d
+        tmpl = d.get("spec", {}).get("template")
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job") and tmpl:
+            pods.append({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": d["metadata"]["name"][:50] + "-dryrun", "namespace": ns,
+                             "labels": tmpl.get("metadata", {}).get("labels", {}),
+                             "annotations": tmpl.get("metadata", {}).get("annotations", {})},
+                "spec": tmpl["spec"]})
+    with open(os.path.join(out, "pods", name + ".yaml"), "w") as f:
+        yaml.safe_dump_all(pods, f)
+with open(os.path.join(out, "namespaces.yaml"), "w") as f:
+    yaml.safe_dump_all([{
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": ns, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+            "pod-security.kubernetes.io/warn": "restricted",
+            "pod-security.kubernetes.io/warn-version": "latest",
+            "pod-security.kubernetes.io/audit": "restricted"}}} for ns in sorted(namespaces)], f)
+# Each namespace's "default" ServiceAccount, which a controller-manager would
+# create (a bare API server has none).
+for ns in namespaces:
+    sas.setdefault((ns, "default"), {"apiVersion": "v1", "kind": "ServiceAccount",
+                                     "metadata": {"name": "default", "namespace": ns}})
+with open(os.path.join(out, "serviceaccounts.yaml"), "w") as f:
+    yaml.safe_dump_all(list(sas.values()), f)
+PY
+
+# ------------------------------------------------------------- fixtures ---
+check "namespaces created, labelled enforce=restricted ($(grep -c '^kind: Namespace' "${out}/namespaces.yaml"))" \
+    k apply -f "${out}/namespaces.yaml"
+crd_ready() {
+    k apply -f "${DEPLOY_TESTS_DIR}/fixtures/servicemonitor-crd.yaml" &&
+        k wait --for condition=established --timeout=60s crd/servicemonitors.monitoring.coreos.com &&
+        # Discovery may lag behind "established".
+        for _ in $(seq 1 30); do
+            k api-resources --api-group=monitoring.coreos.com 2>/dev/null | grep -q servicemonitors && return 0
+            sleep 1
+        done
+    return 1
+}
+check "fixture: ServiceMonitor CRD stand-in established" crd_ready
+check "fixture: PriorityClass platform-critical" k apply -f "${DEPLOY_TESTS_DIR}/fixtures/priorityclass.yaml"
+labels_ok() {
+    local ns
+    for ns in $(k get ns -l pod-security.kubernetes.io/enforce=restricted -o name); do echo "${ns}"; done
+    [[ $(k get ns "${NAMESPACE}" -o jsonpath='{.metadata.labels.pod-security\.kubernetes\.io/enforce}') == restricted ]]
+}
+check "namespace ${NAMESPACE} enforces restricted" labels_ok
+
+# ------------------------------------------------------ dry-run objects ---
+dry_run_apply() { # dry_run_apply FILE: server dry-run, no warnings at all
+    local errf="${out}/stderr.txt" rc=0
+    k apply --dry-run=server -f "$1" 2>"${errf}" || rc=$?
+    cat "${errf}"
+    [[ ${rc} -eq 0 ]] && ! grep -qi 'warning' "${errf}"
+}
+for f in "${out}"/rendered/*.yaml; do
+    name="$(basename "${f}" .yaml)"
+    n="$(grep -c '^kind: ' "${f}" || true)"
+    check "${name}: kubectl apply --dry-run=server (${n} objects), no warnings" dry_run_apply "${f}"
+done
+
+# ---------------------------------------------------- dry-run pods (PSS) ---
+check "ServiceAccounts created (pods need them at admission)" k apply -f "${out}/serviceaccounts.yaml"
+dry_run_pods() { # dry_run_pods FILE: each Pod admitted under enforce=restricted
+    local errf="${out}/stderr.txt" rc=0
+    k create --dry-run=server -f "$1" -o name 2>"${errf}" || rc=$?
+    cat "${errf}"
+    [[ ${rc} -eq 0 ]] && ! grep -qi 'warning\|forbidden\|violate' "${errf}"
+}
+for f in "${out}"/pods/*.yaml; do
+    name="$(basename "${f}" .yaml)"
+    n="$(grep -c '^kind: Pod' "${f}" || true)"
+    ((n > 0)) || continue
+    check "${name}: ${n} pod template(s) admitted as Pods under enforce=restricted" dry_run_pods "${f}"
+done
+negative_control() { # a pod that violates restricted must be rejected
+    local msg rc=0
+    msg="$(k create --dry-run=server -f - 2>&1 <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: not-restricted
+  namespace: ${NAMESPACE}
+spec:
+  automountServiceAccountToken: false
+  containers:
+    - name: c
+      image: busybox:1.37
+      securityContext:
+        allowPrivilegeEscalation: true
+EOF
+)" || rc=$?
+    printf '%s\n' "${msg}"
+    [[ ${rc} -ne 0 ]] && grep -q 'violates PodSecurity "restricted' <<<"${msg}"
+}
+check "negative control: a non-restricted Pod is rejected in ${NAMESPACE}" negative_control
+
+# ------------------------------------------------------------------ RBAC ---
+# The standalone writer's Role/RoleBinding (as the chart renders them) applied
+# for real in ${RBAC_NAMESPACE}; then requests as its ServiceAccount.
+rbac_file="${out}/rbac.yaml"
+"${HELM}" template "${RELEASE}" "${CHART_DIR}" --namespace "${RBAC_NAMESPACE}" \
+    --show-only templates/serviceaccount.yaml --show-only templates/role.yaml >"${rbac_file}"
+check "RBAC: writer ServiceAccount, Role and RoleBinding applied in ${RBAC_NAMESPACE}" k apply -f "${rbac_file}"
+read -r secret_name verbs < <("${PYTHON}" -c '
+import sys, yaml
+role = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Role")
+rule = role["rules"][0]
+print(rule["resourceNames"][0], ",".join(rule["verbs"]))' "${rbac_file}")
+sa_user="system:serviceaccount:${RBAC_NAMESPACE}:${RELEASE}"
+deploy_log "RBAC: Role verbs [${verbs}] on secrets/${secret_name}; acting as ${sa_user}"
+
+# Client credentials from the kubeconfig (paths or embedded data).
+tls_args() {
+    local kc="${out}/kc" field value
+    mkdir -p "${kc}"
+    CURL_TLS=()
+    for field in certificate-authority client-certificate client-key; do
+        local jp_cluster=".clusters[0].cluster.${field}" jp_user=".users[0].user.${field}"
+        local jp="${jp_user}"
+        [[ ${field} == certificate-authority ]] && jp="${jp_cluster}"
+        value="$(k config view --raw --minify -o "jsonpath={${jp}-data}")"
+        if [[ -n ${value} ]]; then
+            base64 -d <<<"${value}" >"${kc}/${field}"
+        else
+            value="$(k config view --raw --minify -o "jsonpath={${jp}}")"
+            [[ -n ${value} ]] || return 1
+            cp "${value}" "${kc}/${field}"
+        fi
+    done
+    CURL_TLS=(--cacert "${kc}/certificate-authority" --cert "${kc}/client-certificate" --key "${kc}/client-key")
+    SERVER="$(k config view --raw --minify -o 'jsonpath={.clusters[0].cluster.server}')"
+}
+CURL_TLS=()
+SERVER=""
+tls_args || deploy_die "cannot read the client certificate and CA from ${KUBECONFIG} (the RBAC check needs them)"
+
+# as_sa METHOD PATH [CONTENT_TYPE BODY]: the HTTP status of a request made as
+# the writer's ServiceAccount (admin credentials + impersonation headers).
+as_sa() {
+    local method="$1" path="$2" ctype="${3:-}" body="${4:-}"
+    local args=(-sS -o "${out}/body.txt" -w '%{http_code}' -X "${method}" "${CURL_TLS[@]}"
+        -H "Impersonate-User: ${sa_user}"
+        -H "Impersonate-Group: system:serviceaccounts"
+        -H "Impersonate-Group: system:serviceaccounts:${RBAC_NAMESPACE}"
+        -H "Impersonate-Group: system:authenticated")
+    if [[ -n ${ctype} ]]; then
+        args+=(-H "Content-Type: ${ctype}" --data-binary "${body}")
+    fi
+    curl "${args[@]}" "${SERVER}${path}"
+}
+apply_body() { # the kind of body the daemon sends: only its keys, label, no read
+    cat <<EOF
+{"apiVersion":"v1","kind":"Secret","metadata":{"name":"$1","namespace":"${RBAC_NAMESPACE}","labels":{"app.kubernetes.io/managed-by":"fiskil-token-refresher"}},"type":"Opaque","stringData":{"token":"$2","expires_at":"2030-01-01T00:00:00Z"}}
+EOF
+}
+ssa_path() { echo "/api/v1/namespaces/${RBAC_NAMESPACE}/secrets/$1?fieldManager=fiskil-token-refresher"; }
+expect_status() { # expect_status WANT CMD...: CMD prints an HTTP status
+    local got
+    got="$("${@:2}")" || true
+    echo "HTTP ${got}, want $1"
+    head -c 600 "${out}/body.txt" 2>/dev/null
+    echo
+    [[ ${got} == "$1" ]]
+}
+k -n "${RBAC_NAMESPACE}" delete secret "${secret_name}" --ignore-not-found >/dev/null
+check "RBAC: server-side apply creates secrets/${secret_name} with verbs [${verbs}] (201)" \
+    expect_status 201 as_sa PATCH "$(ssa_path "${secret_name}")" application/apply-patch+yaml "$(apply_body "${secret_name}" first)"
+check "RBAC: server-side apply updates secrets/${secret_name} (200)" \
+    expect_status 200 as_sa PATCH "$(ssa_path "${secret_name}")" application/apply-patch+yaml "$(apply_body "${secret_name}" second)"
+stored_token() {
+    local managers
+    managers="$(k -n "${RBAC_NAMESPACE}" get secret "${secret_name}" --show-managed-fields \
+        -o jsonpath='{range .metadata.managedFields[*]}{.manager}/{.operation} {end}')"
+    echo "managers: ${managers}"
+    [[ $(k -n "${RBAC_NAMESPACE}" get secret "${secret_name}" -o jsonpath='{.data.token}' | base64 -d) == second ]] &&
+        [[ " ${managers} " == *" fiskil-token-refresher/Apply "* ]]
+}
+check "RBAC: the Secret holds the updated token, field manager fiskil-token-refresher" stored_token
+check "RBAC: server-side apply of another Secret is forbidden (403)" \
+    expect_status 403 as_sa PATCH "$(ssa_path other-secret)" application/apply-patch+yaml "$(apply_body other-secret x)"
+check "RBAC: creating a Secret with POST is forbidden (403)" \
+    expect_status 403 as_sa POST "/api/v1/namespaces/${RBAC_NAMESPACE}/secrets" application/json "$(apply_body posted x)"
+check "RBAC: listing Secrets is forbidden (403)" \
+    expect_status 403 as_sa GET "/api/v1/namespaces/${RBAC_NAMESPACE}/secrets"
+check "RBAC: deleting its Secret is forbidden (403)" \
+    expect_status 403 as_sa DELETE "/api/v1/namespaces/${RBAC_NAMESPACE}/secrets/${secret_name}"
+if [[ ",${verbs}," == *,get,* ]]; then
+    want_get=200
+else
+    want_get=403
+fi
+check "RBAC: reading its Secret gives ${want_get} (get is $([[ ${want_get} == 200 ]] || echo 'not ')among the verbs)" \
+    expect_status "${want_get}" as_sa GET "/api/v1/namespaces/${RBAC_NAMESPACE}/secrets/${secret_name}"
+
+# Why "create" is there: with "patch" alone, an apply that would create the
+# Secret is refused (the API server authorizes it as a create).
+patch_only_cannot_create() {
+    local rc=0
+    k -n "${RBAC_NAMESPACE}" delete secret "${secret_name}" --ignore-not-found &&
+        k -n "${RBAC_NAMESPACE}" patch role "${RELEASE}" --type=json \
+            -p '[{"op": "replace", "path": "/rules/0/verbs", "value": ["patch"]}]' || return 1
+    expect_status 403 as_sa PATCH "$(ssa_path "${secret_name}")" application/apply-patch+yaml \
+        "$(apply_body "${secret_name}" third)" || rc=$?
+    k apply -f "${rbac_file}" || return 1
+    grep -q 'cannot create resource' "${out}/body.txt" || return 1
+    return "${rc}"
+}
+check "RBAC: with verbs [patch] alone, the apply that creates the Secret is forbidden (403)" patch_only_cannot_create
+
+# -------------------------------------------------------------- summary ---
+passed="$(grep -c '^ok ' "${results}" || true)"
+failed="$(grep -c '^FAIL ' "${results}" || true)"
+printf '%d passed, %d failed\n' "${passed}" "${failed}"
+((failed == 0))

