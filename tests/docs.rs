@@ -100,3 +100,42 @@ fn every_metric_is_in_the_readme() {
         );
     }
 }
+
+#[test]
+fn the_chart_defaults_match_the_binary() {
+    let values = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/fiskil-token-refresher/values.yaml"
+    ))
+    .unwrap();
+    let top_level: std::collections::HashMap<&str, &str> = values
+        .lines()
+        .filter(|line| !line.starts_with([' ', '#']))
+        .filter_map(|line| line.split_once(": "))
+        .map(|(key, value)| (key, value.trim().trim_matches('"')))
+        .collect();
+    let mut compared = 0;
+    for (flag, _, default) in options(&help()) {
+        let Some(default) = default else { continue };
+        let mut key = String::new();
+        let mut upper = false;
+        for c in flag.trim_start_matches("--").chars() {
+            match c {
+                '-' => upper = true,
+                c if upper => {
+                    key.push(c.to_ascii_uppercase());
+                    upper = false;
+                }
+                c => key.push(c),
+            }
+        }
+        if let Some(value) = top_level.get(key.as_str()) {
+            assert_eq!(*value, default, "chart value {key} differs from {flag}");
+            compared += 1;
+        }
+    }
+    assert!(
+        compared >= 11,
+        "compared only {compared} chart values with the binary's defaults"
+    );
+}

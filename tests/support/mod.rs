@@ -205,8 +205,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn binary() -> &'static str {
-        env!("CARGO_BIN_EXE_fiskil-token-refresher")
+    /// The binary under test: `FISKIL_TEST_BINARY` (e.g. the static release build the
+    /// container image ships), else the one cargo built for these tests.
+    pub fn binary() -> String {
+        std::env::var("FISKIL_TEST_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_fiskil-token-refresher").to_owned())
     }
 
     pub fn spawn(args: &[String], env: &[(&str, &str)]) -> Daemon {
