@@ -19,6 +19,9 @@ use support::{wait_for, Daemon, Fixture};
 const LIFETIME_S: i64 = 2;
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const READERS: usize = 4;
+/// Pause between two reads of one reader: thousands of reads a second each, without
+/// starving the daemon of the machine's cores for the length of a soak.
+const READ_PAUSE: Duration = Duration::from_micros(200);
 
 /// Faults the injector picks from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,7 +64,7 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
-/// Reads the token file as fast as it can; every read must be one whole token.
+/// Reads the token file continuously; every read must be one whole token.
 fn reader(path: std::path::PathBuf, stop: Arc<AtomicBool>, watch: Arc<Watch>) {
     let mut local = HashSet::new();
     while !stop.load(Ordering::Relaxed) {
@@ -83,6 +86,7 @@ fn reader(path: std::path::PathBuf, stop: Arc<AtomicBool>, watch: Arc<Watch>) {
             watch.bad_reads.lock().unwrap().push(problem);
         }
         watch.reads.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(READ_PAUSE);
     }
     watch.seen.lock().unwrap().extend(local);
 }
