@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode, Watcher};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -222,7 +222,8 @@ fn start_file_watch(
     events: mpsc::Sender<()>,
 ) -> Option<notify::RecommendedWatcher> {
     let handler = move |result: notify::Result<notify::Event>| {
-        if result.is_ok() {
+        // Opening and reading the files (our own re-reads included) is not a change.
+        if result.is_ok_and(|event| !matches!(event.kind, EventKind::Access(_))) {
             let _ = events.try_send(());
         }
     };

@@ -670,3 +670,45 @@ fn credentials_from_the_environment_work() {
     );
     fixture.assert_logs_clean(&daemon);
 }
+
+/// Read syscalls the process has made so far.
+fn read_syscalls(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscr: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_idle_daemon_watching_credential_files_stays_idle() {
+    let fixture = Fixture::new("idle", 900);
+    let dir = fixture.dir.path().join("plain");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("client_id"), &fixture.client_id).unwrap();
+    std::fs::write(dir.join("client_secret"), &fixture.client_secret).unwrap();
+    let (id_file, secret_file) = (dir.join("client_id"), dir.join("client_secret"));
+    let daemon = fixture.spawn(&[
+        "--credentials-poll-interval",
+        "1s",
+        "--client-id-file",
+        id_file.to_str().unwrap(),
+        "--client-secret-file",
+        secret_file.to_str().unwrap(),
+    ]);
+    wait_for(Duration::from_secs(10), "the first token", || {
+        fixture.read_token().is_some()
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = read_syscalls(daemon.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let reads = read_syscalls(daemon.pid()) - before;
+    eprintln!("{reads} read syscalls in 3 idle seconds");
+    assert!(
+        reads <= 30,
+        "{reads} read syscalls in 3 idle seconds: the credential watch is busy"
+    );
+    assert_eq!(fixture.stand_in.issued().len(), 1);
+    fixture.assert_logs_clean(&daemon);
+}
