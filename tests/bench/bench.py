@@ -155,9 +155,15 @@ def main():
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     stand_in.stdout.readline()
     token = os.path.join(work, "token")
-    env = dict(os.environ, FISKIL_CLIENT_ID="bench-id", FISKIL_CLIENT_SECRET="bench-secret",
-               FISKIL_LOG_LEVEL="warn")
+    credentials = os.path.join(work, "credentials")
+    os.mkdir(credentials)
+    for key, value in (("client_id", "bench-id"), ("client_secret", "bench-secret")):
+        with open(os.path.join(credentials, key), "w") as f:
+            f.write(value + "\n")
+    env = dict(os.environ, FISKIL_LOG_LEVEL="warn")
     base = [DAEMON, "--token-url", f"https://localhost:{port}/v1/token", "--ca-file", ca,
+            "--client-id-file", os.path.join(credentials, "client_id"),
+            "--client-secret-file", os.path.join(credentials, "client_secret"),
             "--token-file", token, "--listen", "127.0.0.1:0"]
     results = []
     try:
