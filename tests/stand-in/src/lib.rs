@@ -2,6 +2,13 @@
 //! certificate authority made at start. It checks each request against the documented
 //! contract and answers as it is told: issue tokens, reject, throttle, fail, hang, or send
 //! malformed, oversized or redirecting answers.
+//!
+//! Three further modes are off unless switched on, so that the default contract stays strict:
+//! [`StandIn::set_lenient`] tolerates request headers that differ from the documented ones
+//! (for clients such as a `curl` loop), [`StandIn::enable_oauth2`] also serves a standard
+//! OAuth2 client-credentials endpoint with an OIDC discovery document (for generic OAuth2
+//! token refreshers), and [`StandIn::enable_control`] serves `/control/` paths through which
+//! another process can change the behaviour and read counters.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,6 +31,18 @@ pub const ELSEWHERE_PATH: &str = "/elsewhere";
 const JSON_UTF8: &str = "application/json; charset=UTF-8";
 /// Largest request body read.
 const MAX_REQUEST: usize = 16 * 1024;
+/// The standard OAuth2 client-credentials token endpoint, served with [`StandIn::enable_oauth2`].
+pub const OAUTH2_TOKEN_PATH: &str = "/oauth2/token";
+/// The OIDC discovery document, served with [`StandIn::enable_oauth2`].
+pub const OIDC_DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+/// An empty JSON Web Key Set, named by the discovery document.
+pub const OAUTH2_JWKS_PATH: &str = "/oauth2/jwks";
+/// `POST` a JSON behaviour here to change how token requests are answered
+/// (served with [`StandIn::enable_control`]); see [`behaviour_from_json`].
+pub const CONTROL_BEHAVIOUR_PATH: &str = "/control/behaviour";
+/// `GET` counters here (served with [`StandIn::enable_control`]).
+pub const CONTROL_STATS_PATH: &str = "/control/stats";
+const FORM: &str = "application/x-www-form-urlencoded";
 
 /// How the stand-in answers a token request.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +85,12 @@ struct State {
     queue: VecDeque<Behaviour>,
     seen: Vec<Seen>,
     issued: Vec<String>,
+    /// Header deviations on the Fiskil path are tolerated.
+    lenient: bool,
+    /// The OAuth2 paths are served.
+    oauth2: bool,
+    /// The control paths are served.
+    control: bool,
 }
 
 /// A running stand-in. Dropping it stops the server.
@@ -102,6 +127,9 @@ impl StandIn {
             queue: VecDeque::new(),
             seen: Vec::new(),
             issued: Vec::new(),
+            lenient: false,
+            oauth2: false,
+            control: false,
         }));
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -174,6 +202,38 @@ impl StandIn {
     pub fn issued(&self) -> Vec<String> {
         self.lock().issued.clone()
     }
+
+    /// With `true`, `POST` requests to the Fiskil path whose `accept`, `content-type` or
+    /// `user-agent` headers differ from the documented ones are answered anyway (the body
+    /// must still be `{"client_id","client_secret"}`); those deviations are not recorded.
+    pub fn set_lenient(&self, lenient: bool) {
+        self.lock().lenient = lenient;
+    }
+
+    /// Also serve a standard OAuth2 client-credentials endpoint at [`OAUTH2_TOKEN_PATH`]
+    /// (form-encoded `grant_type=client_credentials`, client authentication by HTTP Basic or
+    /// form fields, answer `{"access_token","token_type","expires_in"}`), an OIDC discovery
+    /// document at [`OIDC_DISCOVERY_PATH`] whose issuer is [`StandIn::issuer_url`], and an
+    /// empty key set. Token requests there follow the same behaviours and credentials.
+    pub fn enable_oauth2(&self) {
+        self.lock().oauth2 = true;
+    }
+
+    /// Also serve [`CONTROL_BEHAVIOUR_PATH`] and [`CONTROL_STATS_PATH`]; control requests are
+    /// not recorded in [`StandIn::seen`].
+    pub fn enable_control(&self) {
+        self.lock().control = true;
+    }
+
+    /// The OIDC issuer URL of the OAuth2 mode.
+    pub fn issuer_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// The OAuth2 token endpoint's URL.
+    pub fn oauth2_url(&self) -> String {
+        format!("https://localhost:{}{OAUTH2_TOKEN_PATH}", self.addr.port())
+    }
 }
 
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Mutex<State>>) {
@@ -229,8 +289,11 @@ async fn answer(
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let mut violations = Vec::new();
     let path = parts.uri.path().to_owned();
+    if let Some(reply) = extra_route(&parts, &path, &body, state, at, wall) {
+        return finish(reply).await;
+    }
+    let mut violations = Vec::new();
     if parts.method != hyper::Method::POST {
         violations.push(format!("method {} instead of POST", parts.method));
     }
@@ -247,6 +310,9 @@ async fn answer(
         .unwrap_or("");
     if !agent.starts_with("fiskil-token-refresher/") {
         violations.push(format!("user-agent {agent:?} does not name the program"));
+    }
+    if state.lock().unwrap_or_else(|e| e.into_inner()).lenient {
+        violations.retain(|v| v.starts_with("method "));
     }
     let parsed: Option<(String, String)> = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(fields)) if fields.len() == 2 => {
@@ -428,4 +494,509 @@ fn make_tls() -> (String, Arc<rustls::ServerConfig>) {
         )
         .expect("server TLS config");
     (ca_cert.pem(), Arc::new(config))
+}
+
+/// Answers the optional OAuth2 and control paths, when they are switched on; `None` leaves
+/// the request to the Fiskil contract.
+fn extra_route(
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    body: &[u8],
+    state: &Mutex<State>,
+    at: Instant,
+    wall: SystemTime,
+) -> Option<Reply> {
+    let (oauth2, control) = {
+        let guard = state.lock().unwrap_or_else(|e| e.into_inner());
+        (guard.oauth2, guard.control)
+    };
+    if control && path.starts_with("/control/") {
+        return Some(Reply::Respond(control_reply(parts, path, body, state)));
+    }
+    if !oauth2 {
+        return None;
+    }
+    match path {
+        OIDC_DISCOVERY_PATH | OAUTH2_JWKS_PATH => {
+            let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+            guard.seen.push(Seen {
+                at,
+                wall,
+                path: path.to_owned(),
+                client_id: None,
+                violations: Vec::new(),
+            });
+            if path == OAUTH2_JWKS_PATH {
+                return Some(Reply::Respond(json_response(
+                    StatusCode::OK,
+                    &json!({"keys": []}),
+                )));
+            }
+            let host = parts
+                .headers
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("localhost");
+            let issuer = format!("https://{host}");
+            Some(Reply::Respond(json_response(
+                StatusCode::OK,
+                &json!({
+                    "issuer": issuer,
+                    "authorization_endpoint": format!("{issuer}/oauth2/authorize"),
+                    "token_endpoint": format!("{issuer}{OAUTH2_TOKEN_PATH}"),
+                    "jwks_uri": format!("{issuer}{OAUTH2_JWKS_PATH}"),
+                    "response_types_supported": ["code"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                    "grant_types_supported": ["client_credentials"],
+                    "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                }),
+            )))
+        }
+        OAUTH2_TOKEN_PATH => Some(oauth2_token(parts, body, state, at, wall)),
+        _ => None,
+    }
+}
+
+/// Turns a reply into what hyper is given, hanging or closing as told.
+async fn finish(reply: Reply) -> Result<Response<Full<Bytes>>, Closed> {
+    match reply {
+        Reply::Respond(response) => Ok(response),
+        Reply::Close => Err(Closed),
+        Reply::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(json_response(StatusCode::GATEWAY_TIMEOUT, &json!({})))
+        }
+    }
+}
+
+/// A standard OAuth2 client-credentials token request (RFC 6749 section 4.4).
+fn oauth2_token(
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+    state: &Mutex<State>,
+    at: Instant,
+    wall: SystemTime,
+) -> Reply {
+    let mut violations = Vec::new();
+    if parts.method != hyper::Method::POST {
+        violations.push(format!("method {} instead of POST", parts.method));
+    }
+    let content_type = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with(FORM) {
+        violations.push(format!("content-type {content_type:?} instead of {FORM:?}"));
+    }
+    let form = parse_form(body);
+    let field = |name: &str| {
+        form.iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    if field("grant_type").as_deref() != Some("client_credentials") {
+        violations.push("grant_type is not client_credentials".to_owned());
+    }
+    let basic = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| base64_decode(v.trim()))
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| {
+            let (id, secret) = v.split_once(':')?;
+            Some((
+                percent_decode(id.as_bytes())?,
+                percent_decode(secret.as_bytes())?,
+            ))
+        });
+    let credentials = basic.or_else(|| Some((field("client_id")?, field("client_secret")?)));
+    let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+    guard.seen.push(Seen {
+        at,
+        wall,
+        path: OAUTH2_TOKEN_PATH.to_owned(),
+        client_id: credentials.as_ref().map(|(id, _)| id.clone()),
+        violations: violations.clone(),
+    });
+    if !violations.is_empty() {
+        return Reply::Respond(json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "invalid_request", "error_description": violations.join("; ")}),
+        ));
+    }
+    let behaviour = guard
+        .queue
+        .pop_front()
+        .unwrap_or_else(|| guard.default.clone());
+    let credentials_ok = credentials.as_ref() == Some(&guard.accepted);
+    Reply::Respond(match behaviour {
+        Behaviour::Issue { .. } | Behaviour::IssueAccessToken { .. } if !credentials_ok => {
+            json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "invalid_client", "error_description": "invalid client credentials"}),
+            )
+        }
+        Behaviour::Issue { expires_in } | Behaviour::IssueAccessToken { expires_in } => {
+            let token = new_token(&mut guard);
+            json_response(
+                StatusCode::OK,
+                &json!({"access_token": token, "token_type": "Bearer", "expires_in": expires_in}),
+            )
+        }
+        Behaviour::Fail { status } => json_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &json!({"error": "server_error", "error_description": "told to fail"}),
+        ),
+        Behaviour::RetryAfter { status, value } => {
+            let mut response = json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                &json!({"error": "temporarily_unavailable", "error_description": "slow down"}),
+            );
+            response
+                .headers_mut()
+                .insert("retry-after", value.parse().expect("header value"));
+            response
+        }
+        Behaviour::Hang => return Reply::Hang,
+        Behaviour::Close => return Reply::Close,
+        Behaviour::Body(body) => raw_response(StatusCode::OK, body.into_bytes()),
+        Behaviour::Oversized(size) => {
+            let mut body = br#"{"access_token":""#.to_vec();
+            body.resize(size, b'a');
+            raw_response(StatusCode::OK, body)
+        }
+        Behaviour::Redirect(path) => {
+            let mut response = raw_response(StatusCode::TEMPORARY_REDIRECT, Vec::new());
+            response
+                .headers_mut()
+                .insert("location", path.parse().expect("header value"));
+            response
+        }
+    })
+}
+
+/// `POST /control/behaviour` and `GET /control/stats`.
+fn control_reply(
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    body: &[u8],
+    state: &Mutex<State>,
+) -> Response<Full<Bytes>> {
+    let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+    match (parts.method.as_str(), path) {
+        ("GET", CONTROL_STATS_PATH) => {
+            let token_requests = guard
+                .seen
+                .iter()
+                .filter(|s| s.path == TOKEN_PATH || s.path == OAUTH2_TOKEN_PATH)
+                .count();
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "requests": guard.seen.len(),
+                    "token_requests": token_requests,
+                    "issued": guard.issued.len(),
+                    "last_issued": guard.issued.last(),
+                }),
+            )
+        }
+        ("POST", CONTROL_BEHAVIOUR_PATH) => {
+            let parsed = serde_json::from_slice::<Value>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    let once = v.get("once").and_then(Value::as_bool).unwrap_or(false);
+                    behaviour_from_json(&v).map(|b| (b, once))
+                });
+            match parsed {
+                Ok((behaviour, true)) => {
+                    guard.queue.push_back(behaviour);
+                    json_response(StatusCode::OK, &json!({"ok": true}))
+                }
+                Ok((behaviour, false)) => {
+                    guard.default = behaviour;
+                    json_response(StatusCode::OK, &json!({"ok": true}))
+                }
+                Err(message) => json_response(StatusCode::BAD_REQUEST, &json!({"error": message})),
+            }
+        }
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "no such control path or method"}),
+        ),
+    }
+}
+
+/// Reads a behaviour from the control endpoint's JSON: `{"behaviour": NAME, ...}` with NAME
+/// one of `issue` and `issue_access_token` (with `expires_in`), `fail` (with `status`),
+/// `retry_after` (with `status` and `value`), `hang`, `close`, `body` (with `body`),
+/// `oversized` (with `size`) and `redirect` (with `path`). With `"once": true` the control
+/// endpoint answers only the next request this way.
+pub fn behaviour_from_json(value: &Value) -> Result<Behaviour, String> {
+    let int = |name: &str| {
+        value
+            .get(name)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| format!("{name} must be an integer"))
+    };
+    let text = |name: &str| {
+        value
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{name} must be a string"))
+    };
+    let status = || {
+        int("status").and_then(|s| {
+            u16::try_from(s)
+                .ok()
+                .filter(|s| (100..=999).contains(s))
+                .ok_or_else(|| "status must be between 100 and 999".to_owned())
+        })
+    };
+    match value.get("behaviour").and_then(Value::as_str) {
+        Some("issue") => Ok(Behaviour::Issue {
+            expires_in: int("expires_in")?,
+        }),
+        Some("issue_access_token") => Ok(Behaviour::IssueAccessToken {
+            expires_in: int("expires_in")?,
+        }),
+        Some("fail") => Ok(Behaviour::Fail { status: status()? }),
+        Some("retry_after") => Ok(Behaviour::RetryAfter {
+            status: status()?,
+            value: text("value")?,
+        }),
+        Some("hang") => Ok(Behaviour::Hang),
+        Some("close") => Ok(Behaviour::Close),
+        Some("body") => Ok(Behaviour::Body(text("body")?)),
+        Some("oversized") => usize::try_from(int("size")?)
+            .map(Behaviour::Oversized)
+            .map_err(|_| "size must not be negative".to_owned()),
+        Some("redirect") => Ok(Behaviour::Redirect(text("path")?)),
+        other => Err(format!("unknown behaviour {other:?}")),
+    }
+}
+
+/// Splits an `application/x-www-form-urlencoded` body; undecodable pairs are left out.
+fn parse_form(body: &[u8]) -> Vec<(String, String)> {
+    body.split(|b| *b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let (key, value) = match pair.iter().position(|b| *b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &pair[pair.len()..]),
+            };
+            Some((percent_decode(key)?, percent_decode(value)?))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes and `+` as a space; `None` for a bad escape or invalid UTF-8.
+fn percent_decode(input: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = input.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Decodes standard base64 (padding optional); `None` for anything else.
+fn base64_decode(input: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for c in input.trim_end_matches('=').bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        buffer = (buffer << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod extra_tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    #[test]
+    fn decoders() {
+        assert_eq!(percent_decode(b"a%20b+c%2B").as_deref(), Some("a b c+"));
+        assert_eq!(percent_decode(b"bad%2"), None);
+        assert_eq!(
+            base64_decode("aWQ6c2VjcmV0").as_deref(),
+            Some(&b"id:secret"[..])
+        );
+        assert_eq!(base64_decode("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64_decode("a*b"), None);
+        assert_eq!(
+            parse_form(b"grant_type=client_credentials&client_id=a%3Ab&x"),
+            vec![
+                ("grant_type".to_owned(), "client_credentials".to_owned()),
+                ("client_id".to_owned(), "a:b".to_owned()),
+                ("x".to_owned(), String::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn behaviours_from_json() {
+        assert_eq!(
+            behaviour_from_json(&json!({"behaviour": "fail", "status": 500})),
+            Ok(Behaviour::Fail { status: 500 })
+        );
+        assert_eq!(
+            behaviour_from_json(&json!({"behaviour": "issue", "expires_in": 3})),
+            Ok(Behaviour::Issue { expires_in: 3 })
+        );
+        assert!(behaviour_from_json(&json!({"behaviour": "fail", "status": 70000})).is_err());
+        assert!(behaviour_from_json(&json!({"behaviour": "nap"})).is_err());
+    }
+
+    /// One HTTPS request to the stand-in, trusting its CA; returns status line and body.
+    fn request(stand_in: &StandIn, head: &str, body: &str) -> (String, String) {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                rustls::pki_types::CertificateDer::from_pem_slice(stand_in.ca_pem().as_bytes())
+                    .expect("CA"),
+            )
+            .expect("add CA");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+        let mut tcp = TcpStream::connect(stand_in.addr()).expect("connect");
+        let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+        let text = format!(
+            "{head}\r\nhost: localhost:{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            stand_in.addr().port(),
+            body.len()
+        );
+        stream.write_all(text.as_bytes()).expect("write");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer.lines().next().unwrap_or("").to_owned();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
+    }
+
+    #[test]
+    fn optional_modes_are_off_by_default() {
+        let stand_in = StandIn::start("id", "secret", 3);
+        let (status, _) = request(&stand_in, "GET /control/stats HTTP/1.1", "");
+        assert!(status.contains(" 404 "), "{status}");
+        let (status, _) = request(
+            &stand_in,
+            "POST /oauth2/token HTTP/1.1\r\ncontent-type: application/x-www-form-urlencoded",
+            "grant_type=client_credentials&client_id=id&client_secret=secret",
+        );
+        assert!(status.contains(" 404 "), "{status}");
+        let (status, _) = request(
+            &stand_in,
+            "POST /v1/token HTTP/1.1\r\ncontent-type: application/json",
+            r#"{"client_id":"id","client_secret":"secret"}"#,
+        );
+        assert!(status.contains(" 400 "), "{status}");
+        assert!(stand_in.issued().is_empty());
+    }
+
+    #[test]
+    fn lenient_oauth2_and_control_modes() {
+        let stand_in = StandIn::start("id", "s:cret", 3);
+        stand_in.set_lenient(true);
+        stand_in.enable_oauth2();
+        stand_in.enable_control();
+        let (status, body) = request(
+            &stand_in,
+            "POST /v1/token HTTP/1.1\r\ncontent-type: application/json\r\nuser-agent: curl/8",
+            r#"{"client_id":"id","client_secret":"s:cret"}"#,
+        );
+        assert!(status.contains(" 200 "), "{status} {body}");
+        assert!(body.contains(r#""token":"tok-0001-"#), "{body}");
+
+        let (status, body) = request(
+            &stand_in,
+            "GET /.well-known/openid-configuration HTTP/1.1",
+            "",
+        );
+        assert!(status.contains(" 200 "), "{status}");
+        let discovery: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(discovery["issuer"], stand_in.issuer_url());
+        assert_eq!(discovery["token_endpoint"], stand_in.oauth2_url());
+
+        // HTTP Basic with form-encoded id and secret, as golang.org/x/oauth2 sends it.
+        let (status, body) = request(
+            &stand_in,
+            "POST /oauth2/token HTTP/1.1\r\ncontent-type: application/x-www-form-urlencoded\r\nauthorization: Basic aWQ6cyUzQWNyZXQ=",
+            "grant_type=client_credentials",
+        );
+        assert!(status.contains(" 200 "), "{status} {body}");
+        let answer: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(answer["token_type"], "Bearer");
+        assert_eq!(answer["expires_in"], 3);
+        assert!(answer["access_token"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("tok-0002-"));
+
+        let (status, _) = request(
+            &stand_in,
+            "POST /oauth2/token HTTP/1.1\r\ncontent-type: application/x-www-form-urlencoded",
+            "grant_type=client_credentials&client_id=id&client_secret=wrong",
+        );
+        assert!(status.contains(" 401 "), "{status}");
+
+        let (status, _) = request(
+            &stand_in,
+            "POST /control/behaviour HTTP/1.1\r\ncontent-type: application/json",
+            r#"{"behaviour":"fail","status":500}"#,
+        );
+        assert!(status.contains(" 200 "), "{status}");
+        let (status, body) = request(
+            &stand_in,
+            "POST /oauth2/token HTTP/1.1\r\ncontent-type: application/x-www-form-urlencoded",
+            "grant_type=client_credentials&client_id=id&client_secret=s%3Acret",
+        );
+        assert!(status.contains(" 500 "), "{status}");
+        assert!(body.contains("server_error"), "{body}");
+
+        let (_, body) = request(&stand_in, "GET /control/stats HTTP/1.1", "");
+        let stats: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(stats["token_requests"], 4);
+        assert_eq!(stats["issued"], 2);
+        assert_eq!(stats["requests"], 5);
+    }
 }
