@@ -318,6 +318,15 @@ fn unusable_answers_are_invalid_responses_and_never_written() {
     fixture.assert_logs_clean(&daemon);
 }
 
+/// Seconds between the stand-in's requests number `first` and `first + 1`.
+fn gap_after(fixture: &Fixture, first: usize) -> f64 {
+    let seen = fixture.stand_in.seen();
+    seen[first + 1]
+        .at
+        .duration_since(seen[first].at)
+        .as_secs_f64()
+}
+
 #[test]
 fn transient_failures_back_off_and_keep_the_last_good_token() {
     let fixture = Fixture::new("transient", 900);
@@ -359,11 +368,7 @@ fn transient_failures_back_off_and_keep_the_last_good_token() {
     wait_for(Duration::from_secs(8), "two throttled requests", || {
         fixture.stand_in.seen().len() >= before + 2
     });
-    let seen = fixture.stand_in.seen();
-    let gap = seen[before + 1]
-        .at
-        .duration_since(seen[before].at)
-        .as_secs_f64();
+    let gap = gap_after(&fixture, before);
     assert!(
         (1.95..2.6).contains(&gap),
         "Retry-After: 2 was followed by a retry after {gap:.3} s"
@@ -388,11 +393,7 @@ fn rejected_credentials_retry_slowly_and_at_once_on_rotation() {
     wait_for(Duration::from_secs(6), "two rejected requests", || {
         fixture.stand_in.seen().len() >= before + 2
     });
-    let seen = fixture.stand_in.seen();
-    let gap = seen[before + 1]
-        .at
-        .duration_since(seen[before].at)
-        .as_secs_f64();
+    let gap = gap_after(&fixture, before);
     assert!(
         (1.95..2.6).contains(&gap),
         "rejected credentials retried after {gap:.3} s, not --backoff-max"

@@ -372,26 +372,62 @@ fn record_and_decide(
         .pop_front()
         .unwrap_or_else(|| guard.default.clone());
     let credentials_ok = parsed.as_ref() == Some(&guard.accepted);
+    respond(behaviour, credentials_ok, Dialect::Fiskil, &mut guard)
+}
+
+/// How answers are spelled: Fiskil's token API or standard OAuth2.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Fiskil,
+    OAuth2,
+}
+
+impl Dialect {
+    /// An error body: Fiskil's `{"id","name","message"}` or OAuth2's `{"error","error_description"}`.
+    fn error(self, id: &str, name: &str, oauth2_error: &str, message: &str) -> Value {
+        match self {
+            Dialect::Fiskil => error_body(id, name, message),
+            Dialect::OAuth2 => json!({"error": oauth2_error, "error_description": message}),
+        }
+    }
+
+    /// The field the token travels in.
+    fn token_field(self) -> &'static str {
+        match self {
+            Dialect::Fiskil => "token",
+            Dialect::OAuth2 => "access_token",
+        }
+    }
+}
+
+/// The answer to a request that kept the contract, as `behaviour` says.
+fn respond(
+    behaviour: Behaviour,
+    credentials_ok: bool,
+    dialect: Dialect,
+    state: &mut State,
+) -> Reply {
     Reply::Respond(match behaviour {
         Behaviour::Issue { .. } | Behaviour::IssueAccessToken { .. } if !credentials_ok => {
             json_response(
                 StatusCode::UNAUTHORIZED,
-                &error_body(
+                &dialect.error(
                     "err_stand_in_401",
                     "unauthorized",
+                    "invalid_client",
                     "invalid client credentials",
                 ),
             )
         }
-        Behaviour::Issue { expires_in } => {
-            let token = new_token(&mut guard);
+        Behaviour::Issue { expires_in } if dialect == Dialect::Fiskil => {
+            let token = new_token(state);
             json_response(
                 StatusCode::OK,
                 &json!({"token": token, "expires_in": expires_in}),
             )
         }
-        Behaviour::IssueAccessToken { expires_in } => {
-            let token = new_token(&mut guard);
+        Behaviour::Issue { expires_in } | Behaviour::IssueAccessToken { expires_in } => {
+            let token = new_token(state);
             json_response(
                 StatusCode::OK,
                 &json!({"access_token": token, "token_type": "Bearer", "expires_in": expires_in}),
@@ -399,12 +435,22 @@ fn record_and_decide(
         }
         Behaviour::Fail { status } => json_response(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            &error_body(&format!("err_stand_in_{status}"), "failure", "told to fail"),
+            &dialect.error(
+                &format!("err_stand_in_{status}"),
+                "failure",
+                "server_error",
+                "told to fail",
+            ),
         ),
         Behaviour::RetryAfter { status, value } => {
             let mut response = json_response(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
-                &error_body("err_stand_in_rate", "rate_limited", "slow down"),
+                &dialect.error(
+                    "err_stand_in_rate",
+                    "rate_limited",
+                    "temporarily_unavailable",
+                    "slow down",
+                ),
             );
             response
                 .headers_mut()
@@ -415,7 +461,7 @@ fn record_and_decide(
         Behaviour::Close => return Reply::Close,
         Behaviour::Body(body) => raw_response(StatusCode::OK, body.into_bytes()),
         Behaviour::Oversized(size) => {
-            let mut body = br#"{"token":""#.to_vec();
+            let mut body = format!("{{\"{}\":\"", dialect.token_field()).into_bytes();
             body.resize(size, b'a');
             raw_response(StatusCode::OK, body)
         }
@@ -633,50 +679,7 @@ fn oauth2_token(
         .pop_front()
         .unwrap_or_else(|| guard.default.clone());
     let credentials_ok = credentials.as_ref() == Some(&guard.accepted);
-    Reply::Respond(match behaviour {
-        Behaviour::Issue { .. } | Behaviour::IssueAccessToken { .. } if !credentials_ok => {
-            json_response(
-                StatusCode::UNAUTHORIZED,
-                &json!({"error": "invalid_client", "error_description": "invalid client credentials"}),
-            )
-        }
-        Behaviour::Issue { expires_in } | Behaviour::IssueAccessToken { expires_in } => {
-            let token = new_token(&mut guard);
-            json_response(
-                StatusCode::OK,
-                &json!({"access_token": token, "token_type": "Bearer", "expires_in": expires_in}),
-            )
-        }
-        Behaviour::Fail { status } => json_response(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            &json!({"error": "server_error", "error_description": "told to fail"}),
-        ),
-        Behaviour::RetryAfter { status, value } => {
-            let mut response = json_response(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
-                &json!({"error": "temporarily_unavailable", "error_description": "slow down"}),
-            );
-            response
-                .headers_mut()
-                .insert("retry-after", value.parse().expect("header value"));
-            response
-        }
-        Behaviour::Hang => return Reply::Hang,
-        Behaviour::Close => return Reply::Close,
-        Behaviour::Body(body) => raw_response(StatusCode::OK, body.into_bytes()),
-        Behaviour::Oversized(size) => {
-            let mut body = br#"{"access_token":""#.to_vec();
-            body.resize(size, b'a');
-            raw_response(StatusCode::OK, body)
-        }
-        Behaviour::Redirect(path) => {
-            let mut response = raw_response(StatusCode::TEMPORARY_REDIRECT, Vec::new());
-            response
-                .headers_mut()
-                .insert("location", path.parse().expect("header value"));
-            response
-        }
-    })
+    respond(behaviour, credentials_ok, Dialect::OAuth2, &mut guard)
 }
 
 /// `POST /control/behaviour` and `GET /control/stats`.
