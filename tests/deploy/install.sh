@@ -37,20 +37,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-passed=0
-failed=0
-check() { # check NAME CMD...: one line per check
-    local name="$1"
-    shift
-    if "$@" >"${work}/check.log" 2>&1; then
-        echo "ok   ${name}"
-        passed=$((passed + 1))
-    else
-        echo "FAIL ${name}"
-        sed 's/^/     /' "${work}/check.log" | tail -n 20
-        failed=$((failed + 1))
-    fi
-}
 
 client_id="install-client"
 client_secret="install-secret-$$"
@@ -155,5 +141,4 @@ check "cannot touch Secrets in another namespace (403)" expect 403 PATCH "/api/v
 no_secret_in_logs() { ! grep -qE "${client_secret}|tok-[0-9]{4}-" "${work}/daemon.log"; }
 check "the daemon's logs hold neither the client secret nor a token" no_secret_in_logs
 
-printf '%d passed, %d failed\n' "${passed}" "${failed}"
-((failed == 0))
+check_summary

@@ -55,3 +55,28 @@ venv_python() {
     fi
     printf '%s\n' "${venv}/bin/python"
 }
+
+# check NAME CMD...: runs CMD, prints "ok   NAME" or "FAIL NAME" followed by the tail of CMD's
+# output, and counts the result for check_summary.
+DEPLOY_PASSED=0
+DEPLOY_FAILED=0
+check() {
+    local name="$1" log
+    shift
+    log="$(mktemp)"
+    if "$@" >"${log}" 2>&1; then
+        printf 'ok   %s\n' "${name}"
+        DEPLOY_PASSED=$((DEPLOY_PASSED + 1))
+    else
+        printf 'FAIL %s\n' "${name}"
+        tail -n 20 "${log}" | sed 's/^/     /'
+        DEPLOY_FAILED=$((DEPLOY_FAILED + 1))
+    fi
+    rm -f "${log}"
+}
+
+# check_summary: prints "N passed, M failed"; returns non-zero when a check failed.
+check_summary() {
+    printf '%d passed, %d failed\n' "${DEPLOY_PASSED}" "${DEPLOY_FAILED}"
+    ((DEPLOY_FAILED == 0))
+}

@@ -22,19 +22,6 @@ with_tool_lock venv install_hadolint
 HADOLINT="$(tools_venv)/bin/hadolint"
 deploy_log "$("${HADOLINT}" --version)"
 
-passed=0
-failed=0
-check() { # check NAME CMD...
-    local name="$1"
-    shift
-    if "$@"; then
-        printf 'ok   %s\n' "${name}"
-        passed=$((passed + 1))
-    else
-        printf 'FAIL %s\n' "${name}"
-        failed=$((failed + 1))
-    fi
-}
 
 # Every finding fails, down to style.
 hadolint_clean() {
@@ -83,5 +70,4 @@ check "port 9847 is exposed" grep -qx 'EXPOSE 9847' <(last_stage)
 check ".dockerignore keeps target/ and .git/ out (allowlist starting with '*')" \
     test "$(grep -vE '^[[:space:]]*(#|$)' "${REPO_ROOT}/.dockerignore" | head -n 1)" = "*"
 
-printf '%d passed, %d failed\n' "${passed}" "${failed}"
-((failed == 0))
+check_summary

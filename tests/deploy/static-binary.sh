@@ -19,19 +19,6 @@ TARGET=x86_64-unknown-linux-musl
 CARGO_CMD=(cargo build --release --locked --target "${TARGET}" -p fiskil-token-refresher)
 MAX_BYTES=$((15 * 1000 * 1000))
 
-passed=0
-failed=0
-check() { # check NAME CMD...: run CMD, print one line, count it.
-    local name="$1"
-    shift
-    if "$@"; then
-        printf 'ok   %s\n' "${name}"
-        passed=$((passed + 1))
-    else
-        printf 'FAIL %s\n' "${name}"
-        failed=$((failed + 1))
-    fi
-}
 skip() {
     printf 'SKIP: static musl binary not built: %s\n' "$*"
     exit 0
@@ -99,7 +86,7 @@ deploy_log "cargo build took $((SECONDS - start))s"
 binary="${target_dir}/${TARGET}/release/fiskil-token-refresher"
 check "cargo build for ${TARGET} from the .dockerignore context" test "${build_ok}" -eq 1 -a -x "${binary}"
 if ((build_ok == 0)); then
-    printf '%d passed, %d failed\n' "${passed}" "$((failed))"
+    check_summary || true
     exit 1
 fi
 
@@ -154,5 +141,4 @@ else
     printf 'note: not root (or no chroot): the empty-root run checks were not made\n'
 fi
 
-printf '%d passed, %d failed\n' "${passed}" "${failed}"
-((failed == 0))
+check_summary

@@ -223,8 +223,8 @@ impl Cluster {
         args
     }
 
-    /// Starts the API server again with the same command line and waits until it serves;
-    /// returns how long that took.
+    /// Starts the API server again with the same command line and waits until its /readyz
+    /// is ok (every post-start hook done, RBAC roles included); returns how long that took.
     pub async fn start_apiserver(&self, args: &[String]) -> Duration {
         let log = std::fs::OpenOptions::new()
             .append(true)
@@ -239,12 +239,19 @@ impl Cluster {
         std::fs::write(self.dir.join("kube-apiserver.pid"), child.id().to_string()).unwrap();
         std::thread::spawn(move || child.wait());
         let started = Instant::now();
-        eventually(Duration::from_secs(60), "the API server back", || async {
-            Api::<Namespace>::all(self.admin.clone())
-                .get_opt("default")
-                .await
-                .is_ok()
-        })
+        eventually(
+            Duration::from_secs(60),
+            "the API server ready again",
+            || async {
+                let readyz = axum::http::Request::get("/readyz")
+                    .body(Vec::new())
+                    .unwrap();
+                self.admin
+                    .request_text(readyz)
+                    .await
+                    .is_ok_and(|body| body == "ok")
+            },
+        )
         .await;
         started.elapsed()
     }
