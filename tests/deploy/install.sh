@@ -6,8 +6,8 @@
 #
 #   tests/deploy/install.sh KUBECONFIG
 #
-# Needs target/debug/fiskil-token-refresher and target/debug/fiskil-stand-in
-# (cargo build --workspace). Prints one line per check and "N passed, M failed".
+# Builds the workspace (the daemon and the stand-in) first. Prints one line per check and
+# "N passed, M failed".
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,9 +16,9 @@ source "${here}/lib.sh"
 
 [[ $# -eq 1 && -f $1 ]] || deploy_die "usage: $0 KUBECONFIG (admin, e.g. from tests/cluster/up.sh)"
 export KUBECONFIG="$1"
+(cd "${REPO_ROOT}" && cargo build --locked --workspace --quiet) || deploy_die "cargo build --workspace failed"
 daemon_bin="${FISKIL_TEST_BINARY:-${REPO_ROOT}/target/debug/fiskil-token-refresher}"
 stand_in_bin="${REPO_ROOT}/target/debug/fiskil-stand-in"
-[[ -x ${daemon_bin} && -x ${stand_in_bin} ]] || deploy_die "build first: cargo build --workspace"
 
 helm="$("${here}/helm.sh")"
 kubectl="$("${here}/kubectl.sh")"
