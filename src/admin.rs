@@ -51,10 +51,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let readiness = state.status.readiness(SystemTime::now());
     let time =
         |at: Option<SystemTime>| at.map(|at| humantime::format_rfc3339_millis(at).to_string());
+    let outputs: serde_json::Map<String, serde_json::Value> = state
+        .status
+        .outputs
+        .iter()
+        .map(|output| (output.name.to_owned(), time(output.expires_at()).into()))
+        .collect();
     let body = serde_json::json!({
         "ready": readiness.ready,
         "expires_at": time(readiness.expires_at),
         "next_refresh_at": time(readiness.next_refresh_at),
+        "outputs": outputs,
     });
     let code = if readiness.ready {
         StatusCode::OK

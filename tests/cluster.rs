@@ -105,7 +105,13 @@ async fn creates_and_updates_the_secret_and_keeps_other_keys() {
             "fiskil_token_refresher_output_write_total{output=\"secret\",result=\"success\"}"
         ) >= 3.0
     );
-    assert_eq!(daemon.get("/readyz").0, 200);
+    let (code, body) = daemon.get("/readyz");
+    assert_eq!(code, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        ready["outputs"]["secret"].is_string() && ready["outputs"]["file"].is_string(),
+        "{body}"
+    );
     fixture.assert_logs_clean(&daemon);
 }
 

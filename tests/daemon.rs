@@ -44,6 +44,7 @@ fn refreshes_inside_the_jitter_window_and_reports_it() {
     assert_eq!(ready["ready"], true);
     assert!(ready["expires_at"].as_str().unwrap().ends_with('Z'));
     assert!(ready["next_refresh_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(ready["outputs"]["file"], ready["expires_at"]);
     assert_eq!(daemon.get("/healthz").0, 200);
     assert!(daemon.metric(SUCCESS) >= 4.0);
     assert_eq!(
