@@ -328,14 +328,7 @@ async fn answer(
     if parsed.is_none() {
         violations.push("body is not {\"client_id\",\"client_secret\"}".to_owned());
     }
-    match record_and_decide(state, at, wall, path, parsed, violations) {
-        Reply::Respond(response) => Ok(response),
-        Reply::Close => Err(Closed),
-        Reply::Hang => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            Ok(json_response(StatusCode::GATEWAY_TIMEOUT, &json!({})))
-        }
-    }
+    finish(record_and_decide(state, at, wall, path, parsed, violations)).await
 }
 
 /// Records the request and picks the answer.
