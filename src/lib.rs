@@ -94,6 +94,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             .iter()
             .map(|o| Arc::new(OutputStatus::new(o.name())))
             .collect(),
+        shutdown.clone(),
     ));
     let (tokens, tokens_rx) = watch::channel(None);
 
@@ -146,11 +147,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
             shutdown.clone(),
         ));
     }
+    // The health server outlives the drain, so probes see "not ready" rather than a refused
+    // connection while the outputs finish.
+    let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(
         listener,
         Arc::clone(&status),
         Arc::clone(&metrics),
-        shutdown.clone(),
+        admin_stop.clone(),
     ));
     Refresher {
         client,
@@ -171,6 +175,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if drained.is_err() {
         tracing::warn!("outputs still busy at shutdown; stopping them");
     }
+    admin_stop.cancel();
     if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_millis(500), admin).await {
         tracing::warn!(error = %e, "health server stopped with an error");
     }

@@ -42,6 +42,11 @@ struct OutputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutputNameLabels {
+    output: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -58,6 +63,7 @@ pub struct Metrics {
     last_success: FloatGauge,
     pub credential_reloads: Counter,
     output_write: Family<OutputLabels, Counter>,
+    output_expiry: Family<OutputNameLabels, FloatGauge>,
 }
 
 impl Default for Metrics {
@@ -85,7 +91,7 @@ impl Metrics {
         let token_expiry = FloatGauge::default();
         registry.register(
             "token_expiry_timestamp_seconds",
-            "Unix time at which the newest token expires",
+            "Unix time at which the newest token obtained expires, whether or not an output holds it",
             token_expiry.clone(),
         );
         let next_refresh = FloatGauge::default();
@@ -112,6 +118,12 @@ impl Metrics {
             "Token writes by output (file, secret) and result (success, error)",
             output_write.clone(),
         );
+        let output_expiry = Family::<OutputNameLabels, FloatGauge>::default();
+        registry.register(
+            "output_token_expiry_timestamp_seconds",
+            "Unix time at which the token each output holds expires",
+            output_expiry.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -132,6 +144,7 @@ impl Metrics {
             last_success,
             credential_reloads,
             output_write,
+            output_expiry,
         }
     }
 
@@ -166,6 +179,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Records that `output` now holds a token expiring at `at`.
+    pub fn set_output_expiry(&self, output: &'static str, at: SystemTime) {
+        self.output_expiry
+            .get_or_create(&OutputNameLabels { output })
+            .set(unix_seconds(at));
+    }
+
     /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -192,6 +212,7 @@ mod tests {
         metrics.observe_refresh(RefreshResult::InvalidResponse, 0.2);
         metrics.observe_write("file", true);
         metrics.credential_reloads.inc();
+        metrics.set_output_expiry("secret", UNIX_EPOCH + std::time::Duration::from_secs(90));
         let text = metrics.encode();
         for line in [
             "fiskil_token_refresher_refresh_total{result=\"invalid_response\"} 1",
@@ -201,6 +222,7 @@ mod tests {
             "fiskil_token_refresher_last_success_timestamp_seconds 0.0",
             "fiskil_token_refresher_credential_reloads_total 1",
             "fiskil_token_refresher_output_write_total{output=\"file\",result=\"success\"} 1",
+            "fiskil_token_refresher_output_token_expiry_timestamp_seconds{output=\"secret\"} 90.0",
             "fiskil_token_refresher_build_info{version=\"",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

@@ -72,8 +72,8 @@ impl Refresher {
                     let delay = self.timing.refresh_delay(token.lifetime, rand::random());
                     let next_wall = SystemTime::now() + delay.saturating_sub(sent.elapsed());
                     tracing::info!(
-                        expires_at = %humantime::format_rfc3339_seconds(token.expires_at()),
-                        next_refresh_at = %humantime::format_rfc3339_seconds(next_wall),
+                        expires_at = %humantime::format_rfc3339_millis(token.expires_at()),
+                        next_refresh_at = %humantime::format_rfc3339_millis(next_wall),
                         expires_in = token.lifetime.as_secs(),
                         "token refreshed"
                     );

@@ -26,8 +26,8 @@ pub fn install(shutdown: CancellationToken, refresh_now: Arc<Notify>) -> std::io
                 tracing::warn!(signal = name, "second stop signal; exiting now");
                 std::process::exit(1);
             }
-            tracing::info!(signal = name, "stopping");
             shutdown.cancel();
+            tracing::info!(signal = name, "stopping");
         }
     });
     Ok(())

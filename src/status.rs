@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use tokio_util::sync::CancellationToken;
+
 /// The expiry of the token an output last wrote.
 #[derive(Debug)]
 pub struct OutputStatus {
@@ -35,6 +37,8 @@ pub struct Status {
     pub outputs: Vec<Arc<OutputStatus>>,
     next_refresh_at: Mutex<Option<SystemTime>>,
     alive: AtomicBool,
+    /// Cancelled when shutdown begins: from then on the daemon is not ready.
+    shutdown: CancellationToken,
 }
 
 /// A point-in-time view for `/readyz`.
@@ -47,11 +51,12 @@ pub struct Readiness {
 }
 
 impl Status {
-    pub fn new(outputs: Vec<Arc<OutputStatus>>) -> Self {
+    pub fn new(outputs: Vec<Arc<OutputStatus>>, shutdown: CancellationToken) -> Self {
         Status {
             outputs,
             next_refresh_at: Mutex::new(None),
             alive: AtomicBool::new(true),
+            shutdown,
         }
     }
 
@@ -71,13 +76,14 @@ impl Status {
         self.alive.load(Ordering::Relaxed)
     }
 
-    /// Ready while every output holds a token that has not expired at `now`.
+    /// Ready while every output holds a token that has not expired at `now`, until shutdown
+    /// begins.
     pub fn readiness(&self, now: SystemTime) -> Readiness {
         let expiries: Option<Vec<SystemTime>> =
             self.outputs.iter().map(|o| o.expires_at()).collect();
         let expires_at = expiries.and_then(|all| all.into_iter().min());
         Readiness {
-            ready: expires_at.is_some_and(|at| at > now),
+            ready: !self.shutdown.is_cancelled() && expires_at.is_some_and(|at| at > now),
             expires_at,
             next_refresh_at: *self
                 .next_refresh_at
@@ -94,10 +100,14 @@ mod tests {
 
     #[test]
     fn ready_only_while_every_output_holds_an_unexpired_token() {
-        let status = Status::new(vec![
-            Arc::new(OutputStatus::new("file")),
-            Arc::new(OutputStatus::new("secret")),
-        ]);
+        let shutdown = CancellationToken::new();
+        let status = Status::new(
+            vec![
+                Arc::new(OutputStatus::new("file")),
+                Arc::new(OutputStatus::new("secret")),
+            ],
+            shutdown.clone(),
+        );
         let now = SystemTime::now();
         assert!(!status.readiness(now).ready);
         status.outputs[0].set_expires_at(now + Duration::from_secs(60));
@@ -107,5 +117,7 @@ mod tests {
         assert!(readiness.ready);
         assert_eq!(readiness.expires_at, Some(now + Duration::from_secs(30)));
         assert!(!status.readiness(now + Duration::from_secs(31)).ready);
+        shutdown.cancel();
+        assert!(!status.readiness(now).ready, "shutting down");
     }
 }

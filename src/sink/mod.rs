@@ -104,6 +104,7 @@ async fn write_until_done(
         match output.write(token).await {
             Ok(()) => {
                 metrics.observe_write(output.name(), true);
+                metrics.set_output_expiry(output.name(), token.expires_at());
                 status.set_expires_at(token.expires_at());
                 return Written::Done;
             }
