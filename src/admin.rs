@@ -1,5 +1,6 @@
 //! The health and metrics server: `/healthz`, `/readyz` and `/metrics`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,6 +14,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::status::Status;
+
+/// The health and metrics server.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Health and metrics")]
+pub struct AdminArgs {
+    /// Address of the health and metrics server (/healthz, /readyz, /metrics); port 0 picks one
+    #[arg(
+        long,
+        env = "FISKIL_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9847"
+    )]
+    pub listen: SocketAddr,
+}
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

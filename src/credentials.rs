@@ -11,7 +11,72 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::positive_duration;
 use crate::metrics::Metrics;
+
+/// Where the client_id is mounted from the credentials Secret by default.
+pub const DEFAULT_CLIENT_ID_FILE: &str = "/var/run/secrets/fiskil/client_id";
+/// Where the client_secret is mounted from the credentials Secret by default.
+pub const DEFAULT_CLIENT_SECRET_FILE: &str = "/var/run/secrets/fiskil/client_secret";
+/// The environment variables that carry the credential values themselves.
+pub const CLIENT_ID_ENV: &str = "FISKIL_CLIENT_ID";
+pub const CLIENT_SECRET_ENV: &str = "FISKIL_CLIENT_SECRET";
+
+/// Where the credentials come from. The values themselves have no flags (command lines are
+/// visible to every process): only the environment variables above.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Credentials")]
+pub struct CredentialArgs {
+    /// File holding the client_id (trimmed) [default: /var/run/secrets/fiskil/client_id]
+    #[arg(long, env = "FISKIL_CLIENT_ID_FILE", value_name = "PATH")]
+    pub client_id_file: Option<PathBuf>,
+
+    /// File holding the client_secret (trimmed) [default: /var/run/secrets/fiskil/client_secret]
+    #[arg(long, env = "FISKIL_CLIENT_SECRET_FILE", value_name = "PATH")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// How often the credential files are re-read in addition to watching them
+    #[arg(long, env = "FISKIL_CREDENTIALS_POLL_INTERVAL", value_name = "DURATION",
+          default_value = "10s", value_parser = positive_duration)]
+    pub credentials_poll_interval: Duration,
+}
+
+/// A credential given two ways.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} is given twice, as {env} and as {flag}; use one of them")]
+pub struct CredentialTwice {
+    pub name: &'static str,
+    pub env: &'static str,
+    pub flag: &'static str,
+}
+
+impl CredentialArgs {
+    /// Settles each credential's source; `env` looks up the value variables.
+    pub fn sources(
+        self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<CredentialSources, CredentialTwice> {
+        Ok(CredentialSources {
+            client_id: Source::new(
+                "client_id",
+                CLIENT_ID_ENV,
+                "--client-id-file",
+                env(CLIENT_ID_ENV),
+                self.client_id_file,
+                DEFAULT_CLIENT_ID_FILE,
+            )?,
+            client_secret: Source::new(
+                "client_secret",
+                CLIENT_SECRET_ENV,
+                "--client-secret-file",
+                env(CLIENT_SECRET_ENV),
+                self.client_secret_file,
+                DEFAULT_CLIENT_SECRET_FILE,
+            )?,
+            poll_interval: self.credentials_poll_interval,
+        })
+    }
+}
 
 /// How often a read that failed in the middle of a Secret volume update is retried.
 const READ_ATTEMPTS: u32 = 5;
@@ -32,11 +97,12 @@ pub enum Source {
     },
 }
 
-/// Where both credentials come from.
+/// Where both credentials come from, and how often the files are re-read.
 #[derive(Debug)]
 pub struct CredentialSources {
     pub client_id: Source,
     pub client_secret: Source,
+    pub poll_interval: Duration,
 }
 
 /// The client credentials. `Debug` shows neither value.
@@ -81,6 +147,28 @@ fn flag_name(name: &str) -> String {
 }
 
 impl Source {
+    fn new(
+        name: &'static str,
+        env: &'static str,
+        flag: &'static str,
+        value: Option<String>,
+        file: Option<PathBuf>,
+        default_file: &str,
+    ) -> Result<Source, CredentialTwice> {
+        match (value, file) {
+            (Some(_), Some(_)) => Err(CredentialTwice { name, env, flag }),
+            (Some(value), None) => Ok(Source::Value {
+                name,
+                env,
+                value: SecretString::from(value),
+            }),
+            (None, path) => Ok(Source::File {
+                name,
+                path: path.unwrap_or_else(|| PathBuf::from(default_file)),
+            }),
+        }
+    }
+
     fn read(&self) -> Result<SecretString, CredentialsError> {
         match self {
             Source::Value { name, env, value } => {
@@ -162,13 +250,12 @@ impl CredentialSources {
 pub fn watch(
     sources: CredentialSources,
     initial: Credentials,
-    poll_interval: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> watch::Receiver<Arc<Credentials>> {
     let (tx, rx) = watch::channel(Arc::new(initial));
     if sources.has_files() {
-        tokio::spawn(run_watcher(sources, tx, poll_interval, metrics, shutdown));
+        tokio::spawn(run_watcher(sources, tx, metrics, shutdown));
     }
     rx
 }
@@ -176,14 +263,13 @@ pub fn watch(
 async fn run_watcher(
     sources: CredentialSources,
     tx: watch::Sender<Arc<Credentials>>,
-    poll_interval: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     let _watcher = start_file_watch(&sources.directories(), events_tx);
+    let mut poll = tokio::time::interval(sources.poll_interval);
     let sources = Arc::new(sources);
-    let mut poll = tokio::time::interval(poll_interval);
     poll.tick().await;
     loop {
         tokio::select! {
@@ -256,6 +342,7 @@ mod tests {
                 name: "client_secret",
                 path: dir.join("client_secret"),
             },
+            poll_interval: Duration::from_secs(10),
         }
     }
 
@@ -292,6 +379,33 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_from_env_and_file_is_an_error() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            credentials: CredentialArgs,
+        }
+        let parse = |argv: &[&str]| {
+            let argv = std::iter::once("test").chain(argv.iter().copied());
+            Cli::try_parse_from(argv).unwrap().credentials
+        };
+        let env = |name: &str| (name == CLIENT_SECRET_ENV).then(|| "s3cr3t".to_owned());
+        let err = parse(&["--client-secret-file", "/x"])
+            .sources(env)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "client_secret is given twice, as FISKIL_CLIENT_SECRET and as --client-secret-file; use one of them"
+        );
+        let sources = parse(&[]).sources(env).unwrap();
+        assert!(matches!(sources.client_secret, Source::Value { .. }));
+        assert!(
+            matches!(sources.client_id, Source::File { ref path, .. } if path == Path::new(DEFAULT_CLIENT_ID_FILE))
+        );
+    }
+
+    #[test]
     fn env_values_must_not_be_blank() {
         let sources = CredentialSources {
             client_id: Source::Value {
@@ -304,6 +418,7 @@ mod tests {
                 env: "FISKIL_CLIENT_SECRET",
                 value: SecretString::from("x"),
             },
+            poll_interval: Duration::from_secs(10),
         };
         let err = sources.load().unwrap_err().to_string();
         assert!(

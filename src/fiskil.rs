@@ -1,6 +1,6 @@
 //! The token exchange with Fiskil: the request, response validation and error classes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
@@ -8,9 +8,88 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::config::HttpSettings;
+use crate::cli::{is_loopback_url, positive_duration};
 use crate::credentials::Credentials;
 use crate::schedule::{parse_retry_after, Failure};
+
+/// The documented token endpoint.
+pub const DEFAULT_TOKEN_URL: &str = "https://api.fiskil.com/v1/token";
+
+/// How the token endpoint is reached.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Token endpoint")]
+pub struct HttpArgs {
+    /// Token endpoint; must be https:// (see --insecure-allow-http)
+    #[arg(long, env = "FISKIL_TOKEN_URL", value_name = "URL", default_value = DEFAULT_TOKEN_URL)]
+    pub token_url: String,
+
+    /// Allow an http:// --token-url, for a loopback test endpoint only
+    #[arg(long, env = "FISKIL_INSECURE_ALLOW_HTTP")]
+    pub insecure_allow_http: bool,
+
+    /// Time allowed to open the TCP and TLS connection to the token endpoint
+    #[arg(long, env = "FISKIL_CONNECT_TIMEOUT", value_name = "DURATION",
+          default_value = "5s", value_parser = positive_duration)]
+    pub connect_timeout: Duration,
+
+    /// Time allowed for a whole token request, response included
+    #[arg(long, env = "FISKIL_REQUEST_TIMEOUT", value_name = "DURATION",
+          default_value = "30s", value_parser = positive_duration)]
+    pub request_timeout: Duration,
+
+    /// PEM bundle of certificate authorities trusted in addition to the built-in roots
+    #[arg(long, env = "FISKIL_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A token endpoint that must not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpArgsError {
+    #[error("--token-url {0:?} is not a valid URL: {1}")]
+    BadUrl(String, #[source] url::ParseError),
+    #[error("--token-url {0} uses http://; use https://, or add --insecure-allow-http for a loopback test endpoint")]
+    PlainHttp(String),
+    #[error("--insecure-allow-http only allows loopback hosts, but --token-url points at {0}")]
+    HttpNotLoopback(String),
+    #[error("--token-url {0} has an unsupported scheme; use https://")]
+    BadScheme(String),
+}
+
+/// Connection settings for the token endpoint.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub token_url: reqwest::Url,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl HttpArgs {
+    /// Checks the URL: https://, or http:// to loopback when explicitly allowed.
+    pub fn settings(self) -> Result<HttpSettings, HttpArgsError> {
+        let raw = &self.token_url;
+        let url = reqwest::Url::parse(raw).map_err(|e| HttpArgsError::BadUrl(raw.to_owned(), e))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if !self.insecure_allow_http => {
+                return Err(HttpArgsError::PlainHttp(raw.to_owned()))
+            }
+            "http" if is_loopback_url(&url) => {}
+            "http" => {
+                return Err(HttpArgsError::HttpNotLoopback(
+                    url.host_str().unwrap_or_default().to_owned(),
+                ))
+            }
+            _ => return Err(HttpArgsError::BadScheme(raw.to_owned())),
+        }
+        Ok(HttpSettings {
+            token_url: url,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            ca_file: self.ca_file,
+        })
+    }
+}
 
 /// The largest response body read; anything bigger is not a token response.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -352,6 +431,32 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        http: HttpArgs,
+    }
+
+    fn settings(argv: &[&str]) -> Result<HttpSettings, HttpArgsError> {
+        let argv = std::iter::once("test").chain(argv.iter().copied());
+        Cli::try_parse_from(argv).unwrap().http.settings()
+    }
+
+    #[test]
+    fn plain_http_is_refused_unless_allowed_for_loopback() {
+        assert_eq!(settings(&[]).unwrap().token_url.as_str(), DEFAULT_TOKEN_URL);
+        let err = settings(&["--token-url", "http://127.0.0.1:1/t"]);
+        assert!(matches!(err, Err(HttpArgsError::PlainHttp(_))));
+        let allowed = ["--insecure-allow-http", "--token-url"];
+        assert!(settings(&[allowed[0], allowed[1], "http://localhost:1/t"]).is_ok());
+        assert!(settings(&[allowed[0], allowed[1], "http://[::1]:1/t"]).is_ok());
+        let err = settings(&[allowed[0], allowed[1], "http://api.fiskil.com/t"]);
+        assert!(matches!(err, Err(HttpArgsError::HttpNotLoopback(h)) if h == "api.fiskil.com"));
+        let err = settings(&["--token-url", "ftp://x/"]);
+        assert!(matches!(err, Err(HttpArgsError::BadScheme(_))));
+    }
 
     fn ok(body: &str) -> (String, u64) {
         let (token, lifetime) = parse_token_response(body.as_bytes()).unwrap();

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod fiskil;
@@ -132,7 +133,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let credentials = credentials::watch(
         config.credentials,
         credentials,
-        config.credentials_poll_interval,
         Arc::clone(&metrics),
         shutdown.clone(),
     );

@@ -7,11 +7,33 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::positive_duration;
 use crate::credentials::Credentials;
 use crate::fiskil::{ExchangeError, Token, TokenClient};
 use crate::metrics::{Metrics, RefreshResult};
 use crate::schedule::{Failure, Timing};
 use crate::status::Status;
+
+/// One token and exit, for init containers and scripts.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "One-shot")]
+pub struct OnceArgs {
+    /// Get one token, write every output, and exit 0 (1 if that fails within --once-timeout)
+    #[arg(long, env = "FISKIL_ONCE")]
+    pub once: bool,
+
+    /// With --once: how long transient failures are retried before exiting 1
+    #[arg(long, env = "FISKIL_ONCE_TIMEOUT", value_name = "DURATION",
+          default_value = "60s", value_parser = positive_duration)]
+    pub once_timeout: Duration,
+}
+
+impl OnceArgs {
+    /// The time allowed for `--once`, or `None` to run as a daemon.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.once.then_some(self.once_timeout)
+    }
+}
 
 /// What the loop needs from the rest of the daemon.
 pub struct Refresher {

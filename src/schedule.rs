@@ -2,6 +2,86 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::cli::positive_duration;
+
+/// Refresh and retry timing.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Refresh timing")]
+pub struct TimingArgs {
+    /// Refresh when this fraction of the token's lifetime has passed
+    #[arg(
+        long,
+        env = "FISKIL_REFRESH_RATIO",
+        value_name = "RATIO",
+        default_value_t = 0.8
+    )]
+    pub refresh_ratio: f64,
+
+    /// Refresh at a random point in [ratio - jitter, ratio] of the lifetime
+    #[arg(
+        long,
+        env = "FISKIL_REFRESH_JITTER",
+        value_name = "FRACTION",
+        default_value_t = 0.05
+    )]
+    pub refresh_jitter: f64,
+
+    /// Never refresh sooner than this after the previous request (guards tiny lifetimes)
+    #[arg(long, env = "FISKIL_MIN_REFRESH_INTERVAL", value_name = "DURATION",
+          default_value = "1s", value_parser = positive_duration)]
+    pub min_refresh_interval: Duration,
+
+    /// First retry delay after a failure; doubles per failure, with full jitter
+    #[arg(long, env = "FISKIL_BACKOFF_INITIAL", value_name = "DURATION",
+          default_value = "1s", value_parser = positive_duration)]
+    pub backoff_initial: Duration,
+
+    /// Longest retry delay; also caps Retry-After and paces retries of rejected credentials
+    #[arg(long, env = "FISKIL_BACKOFF_MAX", value_name = "DURATION",
+          default_value = "60s", value_parser = positive_duration)]
+    pub backoff_max: Duration,
+}
+
+/// Timing options that do not fit together.
+#[derive(Debug, thiserror::Error)]
+pub enum TimingError {
+    #[error("--refresh-ratio must be between 0 and 1 (exclusive), got {0}")]
+    Ratio(f64),
+    #[error(
+        "--refresh-jitter must be at least 0 and less than --refresh-ratio ({ratio}), got {jitter}"
+    )]
+    Jitter { ratio: f64, jitter: f64 },
+    #[error("--backoff-initial ({initial:?}) must not exceed --backoff-max ({max:?})")]
+    Backoff { initial: Duration, max: Duration },
+}
+
+impl TimingArgs {
+    /// Checks that the options fit together.
+    pub fn timing(&self) -> Result<Timing, TimingError> {
+        let ratio = self.refresh_ratio;
+        if !(ratio > 0.0 && ratio < 1.0) {
+            return Err(TimingError::Ratio(ratio));
+        }
+        let jitter = self.refresh_jitter;
+        if !(jitter >= 0.0 && jitter < ratio) {
+            return Err(TimingError::Jitter { ratio, jitter });
+        }
+        if self.backoff_initial > self.backoff_max {
+            return Err(TimingError::Backoff {
+                initial: self.backoff_initial,
+                max: self.backoff_max,
+            });
+        }
+        Ok(Timing {
+            ratio,
+            jitter,
+            min_interval: self.min_refresh_interval,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+        })
+    }
+}
+
 /// Refresh and retry timing, validated by the configuration.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timing {
@@ -138,6 +218,41 @@ mod tests {
             TIMING.retry_delay(3, Failure::InvalidResponse, 1.0),
             Duration::from_secs(4)
         );
+    }
+
+    #[test]
+    fn timing_options_are_checked() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            timing: TimingArgs,
+        }
+        let check = |argv: &[&str]| {
+            let argv = std::iter::once("test").chain(argv.iter().copied());
+            Cli::try_parse_from(argv).unwrap().timing.timing()
+        };
+        let defaults = check(&[]).unwrap();
+        assert_eq!((defaults.ratio, defaults.jitter), (0.8, 0.05));
+        assert_eq!(defaults.backoff_max, Duration::from_secs(60));
+        for ratio in ["1", "0", "NaN"] {
+            assert!(matches!(
+                check(&["--refresh-ratio", ratio]),
+                Err(TimingError::Ratio(_))
+            ));
+        }
+        assert!(matches!(
+            check(&["--refresh-jitter", "0.8"]),
+            Err(TimingError::Jitter { .. })
+        ));
+        assert!(matches!(
+            check(&["--refresh-jitter=-0.1"]),
+            Err(TimingError::Jitter { .. })
+        ));
+        assert!(matches!(
+            check(&["--backoff-initial", "2m"]),
+            Err(TimingError::Backoff { .. })
+        ));
     }
 
     #[test]

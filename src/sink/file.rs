@@ -8,8 +8,52 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{FileOutput, TokenFormat};
+use crate::cli::file_mode;
 use crate::fiskil::Token;
+
+/// The token file.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Token file")]
+pub struct FileArgs {
+    /// Write the token to this file, atomically (this and/or --secret-name is required)
+    #[arg(long, env = "FISKIL_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// raw: the token alone, no newline; json: {"token","expires_in","issued_at","expires_at"}
+    #[arg(long, env = "FISKIL_TOKEN_FORMAT", value_enum, default_value_t = TokenFormat::Raw)]
+    pub token_format: TokenFormat,
+
+    /// Permissions of the token file, octal; set explicitly, not through the umask
+    #[arg(long, env = "FISKIL_FILE_MODE", value_name = "MODE", default_value = "0640",
+          value_parser = file_mode)]
+    pub file_mode: u32,
+}
+
+impl FileArgs {
+    /// The file output, if `--token-file` is given.
+    pub fn output(self) -> Option<FileOutput> {
+        let (format, mode) = (self.token_format, self.file_mode);
+        self.token_file
+            .map(|path| FileOutput { path, format, mode })
+    }
+}
+
+/// How the token file is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenFormat {
+    /// The token alone, without a trailing newline.
+    Raw,
+    /// A JSON object with the token and its times.
+    Json,
+}
+
+/// Where the token goes.
+#[derive(Debug, Clone)]
+pub struct FileOutput {
+    pub path: PathBuf,
+    pub format: TokenFormat,
+    pub mode: u32,
+}
 
 /// Numbers temporary files so concurrent writes never share one.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);

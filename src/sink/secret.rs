@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -11,7 +12,6 @@ use kube::api::{Patch, PatchParams};
 use kube::Api;
 use secrecy::ExposeSecret;
 
-use crate::config::SecretOutput;
 use crate::fiskil::Token;
 
 /// The field manager that owns the keys this program writes.
@@ -23,6 +23,97 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fiskil-to
 /// Where a pod finds its own namespace.
 pub const SERVICE_ACCOUNT_NAMESPACE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// The Kubernetes Secret output.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Kubernetes Secret")]
+pub struct SecretArgs {
+    /// Also write the token into this Kubernetes Secret (server-side apply); enables the output
+    #[arg(long, env = "FISKIL_SECRET_NAME", value_name = "NAME")]
+    pub secret_name: Option<String>,
+
+    /// Namespace of --secret-name [default: the pod's namespace, else the kubeconfig context's]
+    #[arg(long, env = "FISKIL_SECRET_NAMESPACE", value_name = "NAMESPACE")]
+    pub secret_namespace: Option<String>,
+
+    /// Key of --secret-name that holds the token (the key expires_at holds its expiry)
+    #[arg(
+        long,
+        env = "FISKIL_SECRET_KEY",
+        value_name = "KEY",
+        default_value = "token"
+    )]
+    pub secret_key: String,
+}
+
+/// Secret options Kubernetes would refuse.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretArgsError {
+    #[error("--secret-name {0:?} is not a valid Secret name; use lowercase letters, digits, '-' and '.'")]
+    Name(String),
+    #[error(
+        "--secret-namespace {0:?} is not a valid namespace; use lowercase letters, digits and '-'"
+    )]
+    Namespace(String),
+    #[error("--secret-key {0:?} is not usable; use letters, digits, '-', '_' and '.', and not expires_at")]
+    Key(String),
+}
+
+/// Where the token goes in Kubernetes.
+#[derive(Debug, Clone)]
+pub struct SecretOutput {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub key: String,
+    /// Time allowed for one API server call.
+    pub timeout: Duration,
+}
+
+impl SecretArgs {
+    /// The Secret output, if `--secret-name` is given; `timeout` bounds each API call.
+    pub fn output(self, timeout: Duration) -> Result<Option<SecretOutput>, SecretArgsError> {
+        let Some(name) = self.secret_name else {
+            return Ok(None);
+        };
+        if !dns_name(&name, true, 253) {
+            return Err(SecretArgsError::Name(name));
+        }
+        if let Some(namespace) = &self.secret_namespace {
+            if !dns_name(namespace, false, 63) {
+                return Err(SecretArgsError::Namespace(namespace.clone()));
+            }
+        }
+        let key = self.secret_key;
+        let key_ok = !key.is_empty()
+            && key.len() <= 253
+            && key != EXPIRES_AT_KEY
+            && key != "."
+            && key != ".."
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !key_ok {
+            return Err(SecretArgsError::Key(key));
+        }
+        Ok(Some(SecretOutput {
+            name,
+            namespace: self.secret_namespace,
+            key,
+            timeout,
+        }))
+    }
+}
+
+/// A DNS label (`dots` false) or subdomain (`dots` true) of at most `max` characters.
+fn dns_name(text: &str, dots: bool, max: usize) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    text.len() <= max
+        && edge(text.chars().next())
+        && edge(text.chars().last())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.'))
+}
 
 /// The Secret output cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +264,44 @@ pub fn infer_namespace(flag: Option<&str>, service_account_file: &Path, context:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_options_are_checked() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            secret: SecretArgs,
+        }
+        let parse = |argv: &[&str]| {
+            let argv = std::iter::once("test").chain(argv.iter().copied());
+            Cli::try_parse_from(argv)
+                .unwrap()
+                .secret
+                .output(Duration::from_secs(30))
+        };
+        assert!(parse(&[]).unwrap().is_none());
+        let secret = parse(&["--secret-name", "fiskil-token"]).unwrap().unwrap();
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("fiskil-token", "token")
+        );
+        assert!(secret.namespace.is_none());
+        assert!(matches!(
+            parse(&["--secret-name", "Bad_Name"]),
+            Err(SecretArgsError::Name(_))
+        ));
+        assert!(matches!(
+            parse(&["--secret-name", "ok", "--secret-namespace", "a.b"]),
+            Err(SecretArgsError::Namespace(_))
+        ));
+        for key in ["expires_at", "a/b", "..", ""] {
+            assert!(matches!(
+                parse(&["--secret-name", "ok", "--secret-key", key]),
+                Err(SecretArgsError::Key(_))
+            ));
+        }
+    }
 
     #[test]
     fn namespace_comes_from_the_flag_then_the_pod_then_the_context() {
