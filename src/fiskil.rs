@@ -93,8 +93,11 @@ impl HttpArgs {
 
 /// The largest response body read; anything bigger is not a token response.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// The longest token lifetime accepted; longer ones point at a unit mistake.
-pub const MAX_EXPIRES_IN: u64 = 24 * 3600;
+/// The longest token lifetime accepted: 30 days. Fiskil issues 900 s tokens; a much longer
+/// lifetime is still honoured (the schedule wakes every 30 s whatever the lifetime), but a
+/// number beyond this is more likely a unit mistake (milliseconds) or garbage than a lifetime,
+/// and trusting it would leave an expired token in place for a very long time.
+pub const MAX_EXPIRES_IN: u64 = 30 * 24 * 3600;
 const JSON_UTF8: &str = "application/json; charset=UTF-8";
 /// Longest piece of an endpoint's error text copied into a log line.
 const MAX_ERROR_FIELD: usize = 200;

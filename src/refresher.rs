@@ -11,7 +11,7 @@ use crate::cli::positive_duration;
 use crate::credentials::Credentials;
 use crate::fiskil::{ExchangeError, Token, TokenClient};
 use crate::metrics::{Metrics, RefreshResult};
-use crate::schedule::{Failure, Timing};
+use crate::schedule::{Due, Failure, Held, Timing};
 use crate::status::Status;
 
 /// One token and exit, for init containers and scripts.
@@ -63,12 +63,18 @@ impl Refresher {
     /// again whenever the credentials change or SIGHUP arrives.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut failures = 0;
-        let mut next = Instant::now();
+        let mut due = Due::after(std::time::Instant::now(), SystemTime::now(), Duration::ZERO);
+        let mut expires_at = None;
         let mut watching = true;
         loop {
+            let wake = due.wake_at(std::time::Instant::now());
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep_until(next) => {}
+                () = tokio::time::sleep_until(Instant::from_std(wake)) => {
+                    if !due.reached(std::time::Instant::now(), SystemTime::now()) {
+                        continue;
+                    }
+                }
                 changed = self.credentials.changed(), if watching => {
                     if changed.is_err() {
                         watching = false;
@@ -81,7 +87,7 @@ impl Refresher {
                 }
             }
             let credentials = Arc::clone(&self.credentials.borrow_and_update());
-            let sent = Instant::now();
+            let (sent, sent_wall) = (std::time::Instant::now(), SystemTime::now());
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
                 result = self.client.exchange(&credentials) => result,
@@ -92,30 +98,41 @@ impl Refresher {
                 Ok(token) => {
                     failures = 0;
                     let delay = self.timing.refresh_delay(token.lifetime, rand::random());
-                    let next_wall = SystemTime::now() + delay.saturating_sub(sent.elapsed());
-                    tracing::info!(
-                        expires_at = %humantime::format_rfc3339_millis(token.expires_at()),
-                        next_refresh_at = %humantime::format_rfc3339_millis(next_wall),
-                        expires_in = token.lifetime.as_secs(),
-                        "token refreshed"
-                    );
+                    self.log_refreshed(&token, sent_wall + delay);
+                    expires_at = Some(token.expires_at());
                     self.metrics.set_token_expiry(token.expires_at());
                     self.tokens.send_replace(Some(Arc::new(token)));
                     delay
                 }
                 Err(e) => {
                     failures += 1;
-                    let delay = self
-                        .timing
-                        .retry_delay(failures, e.failure(), rand::random());
+                    let held = Held::at(expires_at, SystemTime::now());
+                    let delay =
+                        self.timing
+                            .retry_delay(failures, e.failure(), held, rand::random());
                     log_failure(&e, failures, delay);
                     sent.elapsed() + delay
                 }
             };
-            next = sent + delay;
-            let next_wall = SystemTime::now() + next.saturating_duration_since(Instant::now());
-            self.status.set_next_refresh_at(next_wall);
-            self.metrics.set_next_refresh(next_wall);
+            due = Due::after(sent, sent_wall, delay);
+            self.status.set_next_refresh_at(due.wall);
+            self.metrics.set_next_refresh(due.wall);
+        }
+    }
+
+    fn log_refreshed(&self, token: &Token, next_at: SystemTime) {
+        tracing::info!(
+            expires_at = %humantime::format_rfc3339_millis(token.expires_at()),
+            next_refresh_at = %humantime::format_rfc3339_millis(next_at),
+            expires_in = token.lifetime.as_secs(),
+            "token refreshed"
+        );
+        if token.lifetime <= self.timing.min_interval {
+            tracing::warn!(
+                expires_in = token.lifetime.as_secs_f64(),
+                min_refresh_interval = ?self.timing.min_interval,
+                "the token lives no longer than --min-refresh-interval, so it expires before the next refresh; lower --min-refresh-interval"
+            );
         }
     }
 
@@ -147,9 +164,9 @@ impl Refresher {
                 Err(e) => e,
             };
             failures += 1;
-            let delay = self
-                .timing
-                .retry_delay(failures, e.failure(), rand::random());
+            let delay =
+                self.timing
+                    .retry_delay(failures, e.failure(), Held::Expired, rand::random());
             log_failure(&e, failures, delay);
             tokio::select! {
                 () = shutdown.cancelled() => return Err(OnceError::Stopped),

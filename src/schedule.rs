@@ -1,6 +1,6 @@
 //! When to refresh and when to retry: pure functions of their inputs, randomness passed in.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::cli::positive_duration;
 
@@ -31,15 +31,23 @@ pub struct TimingArgs {
           default_value = "1s", value_parser = positive_duration)]
     pub min_refresh_interval: Duration,
 
-    /// First retry delay after a failure; doubles per failure, with full jitter
+    /// Retry delay ceiling after the first failure; doubles per failure (delays are jittered
+    /// between half the ceiling and the ceiling)
     #[arg(long, env = "FISKIL_BACKOFF_INITIAL", value_name = "DURATION",
           default_value = "1s", value_parser = positive_duration)]
     pub backoff_initial: Duration,
 
-    /// Longest retry delay; also caps Retry-After and paces retries of rejected credentials
+    /// Largest retry delay ceiling; also caps Retry-After and paces retries of rejected
+    /// credentials
     #[arg(long, env = "FISKIL_BACKOFF_MAX", value_name = "DURATION",
           default_value = "60s", value_parser = positive_duration)]
     pub backoff_max: Duration,
+
+    /// Retry delay ceiling once no unexpired token is held, so a token is back within this long
+    /// after the endpoint heals (never above --backoff-max; Retry-After still wins)
+    #[arg(long, env = "FISKIL_BACKOFF_MAX_EXPIRED", value_name = "DURATION",
+          default_value = "8s", value_parser = positive_duration)]
+    pub backoff_max_expired: Duration,
 }
 
 /// Timing options that do not fit together.
@@ -78,6 +86,7 @@ impl TimingArgs {
             min_interval: self.min_refresh_interval,
             backoff_initial: self.backoff_initial,
             backoff_max: self.backoff_max,
+            backoff_max_expired: self.backoff_max_expired.min(self.backoff_max),
         })
     }
 }
@@ -93,8 +102,61 @@ pub struct Timing {
     pub min_interval: Duration,
     /// First retry delay ceiling.
     pub backoff_initial: Duration,
-    /// Largest retry delay.
+    /// Largest retry delay ceiling.
     pub backoff_max: Duration,
+    /// Retry delay ceiling while no unexpired token is held; at most `backoff_max`.
+    pub backoff_max_expired: Duration,
+}
+
+/// The longest single sleep of the refresh loop: it wakes at least this often to compare the
+/// wall clock with the schedule, so a machine that was suspended (when the monotonic clock
+/// stands still) refreshes promptly after it resumes.
+pub const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// When the next request is due, on both clocks: the monotonic clock drives the timer, the wall
+/// clock catches the time a suspended machine did not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub at: Instant,
+    pub wall: SystemTime,
+}
+
+impl Due {
+    /// Due `delay` after a request sent at `sent` (monotonic) and `sent_wall` (wall clock).
+    pub fn after(sent: Instant, sent_wall: SystemTime, delay: Duration) -> Due {
+        Due {
+            at: sent + delay,
+            wall: sent_wall + delay,
+        }
+    }
+
+    /// Whether the request is due by either clock.
+    pub fn reached(&self, now: Instant, wall_now: SystemTime) -> bool {
+        now >= self.at || wall_now >= self.wall
+    }
+
+    /// When the loop should next wake: when due, or after [`MAX_SLEEP`], whichever is first.
+    pub fn wake_at(&self, now: Instant) -> Instant {
+        self.at.min(now + MAX_SLEEP)
+    }
+}
+
+/// Whether the daemon still holds a token that has not expired: after an outage has outlasted
+/// the token, retries are paced for a quick recovery rather than for sparing the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Valid,
+    Expired,
+}
+
+impl Held {
+    /// `Valid` while a token expiring at `expires_at` has not expired at `now`.
+    pub fn at(expires_at: Option<SystemTime>, now: SystemTime) -> Held {
+        match expires_at {
+            Some(at) if at > now => Held::Valid,
+            _ => Held::Expired,
+        }
+    }
 }
 
 /// Why a token request failed, as far as timing is concerned.
@@ -117,27 +179,38 @@ impl Timing {
         lifetime.mul_f64(fraction).max(self.min_interval)
     }
 
-    /// Exponential backoff with full jitter: a random delay up to
-    /// `min(backoff_max, backoff_initial * 2^(failures - 1))`. `unit` is uniform in `[0, 1]`.
-    pub fn backoff(&self, failures: u32, unit: f64) -> Duration {
+    /// The ceiling of the retry delay after `failures` consecutive failures:
+    /// `min(backoff_max, backoff_initial * 2^(failures - 1))`, and at most
+    /// `backoff_max_expired` once the held token has expired.
+    pub fn backoff_ceiling(&self, failures: u32, held: Held) -> Duration {
         let doublings = failures.saturating_sub(1).min(31);
         let ceiling = self
             .backoff_initial
             .saturating_mul(1 << doublings)
             .min(self.backoff_max);
-        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+        match held {
+            Held::Valid => ceiling,
+            Held::Expired => ceiling.min(self.backoff_max_expired),
+        }
     }
 
-    /// Delay before the next attempt after `failures` consecutive failures.
-    pub fn retry_delay(&self, failures: u32, failure: Failure, unit: f64) -> Duration {
+    /// Exponential backoff with equal jitter: a delay between half the ceiling and the ceiling,
+    /// so no retry comes sooner than half its ceiling. `unit` is uniform in `[0, 1]`.
+    pub fn backoff(&self, failures: u32, held: Held, unit: f64) -> Duration {
+        let ceiling = self.backoff_ceiling(failures, held);
+        ceiling.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+    }
+
+    /// Delay before the next attempt after `failures` consecutive failures. `Retry-After` can
+    /// lengthen the backoff (up to `backoff_max`), never shorten it.
+    pub fn retry_delay(&self, failures: u32, failure: Failure, held: Held, unit: f64) -> Duration {
+        let backoff = self.backoff(failures, held, unit);
         match failure {
             Failure::Rejected => self.backoff_max,
             Failure::Transient {
                 retry_after: Some(wait),
-            } => wait.min(self.backoff_max),
-            Failure::Transient { retry_after: None } | Failure::InvalidResponse => {
-                self.backoff(failures, unit)
-            }
+            } => backoff.max(wait.min(self.backoff_max)),
+            Failure::Transient { retry_after: None } | Failure::InvalidResponse => backoff,
         }
     }
 }
@@ -162,6 +235,7 @@ mod tests {
         min_interval: Duration::from_secs(1),
         backoff_initial: Duration::from_secs(1),
         backoff_max: Duration::from_secs(60),
+        backoff_max_expired: Duration::from_secs(8),
     };
 
     #[test]
@@ -182,6 +256,36 @@ mod tests {
     }
 
     #[test]
+    fn the_loop_wakes_often_and_trusts_either_clock() {
+        let sent = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let due = Due::after(sent, wall, Duration::from_secs(720));
+        assert_eq!(due.wake_at(sent), sent + MAX_SLEEP);
+        assert_eq!(
+            due.wake_at(sent + Duration::from_secs(700)),
+            sent + Duration::from_secs(720)
+        );
+        assert!(!due.reached(
+            sent + Duration::from_secs(30),
+            wall + Duration::from_secs(30)
+        ));
+        assert!(
+            due.reached(
+                sent + Duration::from_secs(30),
+                wall + Duration::from_secs(3600)
+            ),
+            "a resumed machine: the monotonic clock lags, the wall clock does not"
+        );
+        assert!(due.reached(sent + Duration::from_secs(720), wall));
+        assert_eq!(Held::at(None, wall), Held::Expired);
+        assert_eq!(Held::at(Some(wall), wall), Held::Expired);
+        assert_eq!(
+            Held::at(Some(wall + Duration::from_secs(1)), wall),
+            Held::Valid
+        );
+    }
+
+    #[test]
     fn tiny_lifetimes_respect_the_minimum_interval() {
         assert_eq!(
             TIMING.refresh_delay(Duration::from_millis(500), 0.5),
@@ -191,31 +295,67 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_maximum() {
-        assert_eq!(TIMING.backoff(1, 1.0), Duration::from_secs(1));
-        assert_eq!(TIMING.backoff(2, 1.0), Duration::from_secs(2));
-        assert_eq!(TIMING.backoff(4, 1.0), Duration::from_secs(8));
-        assert_eq!(TIMING.backoff(7, 1.0), Duration::from_secs(60));
-        assert_eq!(TIMING.backoff(u32::MAX, 1.0), Duration::from_secs(60));
-        assert_eq!(TIMING.backoff(5, 0.5), Duration::from_secs(8));
-        assert_eq!(TIMING.backoff(5, 0.0), Duration::ZERO);
+        use Held::*;
+        assert_eq!(TIMING.backoff(1, Valid, 1.0), Duration::from_secs(1));
+        assert_eq!(TIMING.backoff(2, Valid, 1.0), Duration::from_secs(2));
+        assert_eq!(TIMING.backoff(4, Valid, 1.0), Duration::from_secs(8));
+        assert_eq!(TIMING.backoff(7, Valid, 1.0), Duration::from_secs(60));
+        assert_eq!(
+            TIMING.backoff(u32::MAX, Valid, 1.0),
+            Duration::from_secs(60)
+        );
+        assert_eq!(TIMING.backoff(5, Valid, 0.5), Duration::from_secs(12));
+        assert_eq!(TIMING.backoff(5, Valid, 0.0), Duration::from_secs(8));
+        assert_eq!(TIMING.backoff(1, Valid, 0.0), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn an_expired_token_keeps_retries_short() {
+        use Held::*;
+        assert_eq!(TIMING.backoff(3, Expired, 1.0), Duration::from_secs(4));
+        assert_eq!(TIMING.backoff(9, Expired, 1.0), Duration::from_secs(8));
+        assert_eq!(TIMING.backoff(9, Expired, 0.0), Duration::from_secs(4));
+        let asked = Failure::Transient {
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        assert_eq!(
+            TIMING.retry_delay(9, asked, Expired, 0.0),
+            Duration::from_secs(30),
+            "the endpoint's Retry-After still wins"
+        );
     }
 
     #[test]
     fn retry_delay_follows_the_failure_class() {
+        use Held::*;
         assert_eq!(
-            TIMING.retry_delay(1, Failure::Rejected, 0.0),
+            TIMING.retry_delay(1, Failure::Rejected, Valid, 0.0),
             Duration::from_secs(60)
         );
         let asked = Failure::Transient {
             retry_after: Some(Duration::from_secs(7)),
         };
-        assert_eq!(TIMING.retry_delay(1, asked, 0.0), Duration::from_secs(7));
+        assert_eq!(
+            TIMING.retry_delay(1, asked, Valid, 0.0),
+            Duration::from_secs(7)
+        );
         let greedy = Failure::Transient {
             retry_after: Some(Duration::from_secs(3600)),
         };
-        assert_eq!(TIMING.retry_delay(1, greedy, 0.0), Duration::from_secs(60));
         assert_eq!(
-            TIMING.retry_delay(3, Failure::InvalidResponse, 1.0),
+            TIMING.retry_delay(1, greedy, Valid, 0.0),
+            Duration::from_secs(60)
+        );
+        let now = Failure::Transient {
+            retry_after: Some(Duration::ZERO),
+        };
+        assert_eq!(
+            TIMING.retry_delay(6, now, Valid, 0.0),
+            Duration::from_secs(16),
+            "Retry-After: 0 never shortens the backoff"
+        );
+        assert_eq!(
+            TIMING.retry_delay(3, Failure::InvalidResponse, Valid, 1.0),
             Duration::from_secs(4)
         );
     }

@@ -406,9 +406,11 @@ fn transient_failures_back_off_and_keep_the_last_good_token() {
     wait_for(Duration::from_secs(8), "two throttled requests", || {
         fixture.stand_in.seen().len() >= before + 2
     });
+    // The lower bound is the promise; the upper one only catches a retry that waited for
+    // something else, with room for a busy machine.
     let gap = gap_after(&fixture, before);
     assert!(
-        (1.95..2.6).contains(&gap),
+        (1.95..4.5).contains(&gap),
         "Retry-After: 2 was followed by a retry after {gap:.3} s"
     );
     fixture
@@ -433,7 +435,7 @@ fn rejected_credentials_retry_slowly_and_at_once_on_rotation() {
     });
     let gap = gap_after(&fixture, before);
     assert!(
-        (1.95..2.6).contains(&gap),
+        (1.95..4.5).contains(&gap),
         "rejected credentials retried after {gap:.3} s, not --backoff-max"
     );
     assert!(daemon.metric(REJECTED) >= 2.0);
@@ -441,14 +443,26 @@ fn rejected_credentials_retry_slowly_and_at_once_on_rotation() {
     assert!(daemon.logs_contain("err_stand_in_401"));
     assert!(daemon.logs_contain("rejected the credentials"));
 
+    // Rejected credentials are retried after --backoff-max (2 s) at the earliest; the rotation
+    // is used at once, before that retry would come.
     fixture.rotate("client-fixed", "sekrit-fixed-credentials");
-    let rotated = Instant::now();
+    let rejected_so_far = fixture.stand_in.seen().len();
     wait_for(
-        Duration::from_secs(2),
-        "a token right after the rotation",
+        Duration::from_secs(10),
+        "a token after the rotation",
         || fixture.stand_in.issued().len() == 2,
     );
-    assert!(rotated.elapsed() < Duration::from_secs(2));
+    let seen = fixture.stand_in.seen();
+    let first_new = seen
+        .iter()
+        .position(|s| s.client_id.as_deref() == Some("client-fixed"))
+        .unwrap();
+    // A retry already under way when the files changed may still go out; a second one would
+    // mean the rotation waited for the retry schedule.
+    assert!(
+        first_new <= rejected_so_far + 1,
+        "the rotated credentials waited for the retry schedule"
+    );
     fixture.assert_logs_clean(&daemon);
 }
 
@@ -566,14 +580,15 @@ fn once_exit_codes() {
     fixture
         .stand_in
         .set_default(Behaviour::Fail { status: 401 });
-    let started = Instant::now();
+    let requests = fixture.stand_in.seen().len();
     let mut rejected = fixture.spawn(&["--once"]);
     assert_eq!(
-        rejected.wait_exit(Duration::from_secs(10)).unwrap().code(),
+        rejected.wait_exit(Duration::from_secs(20)).unwrap().code(),
         Some(1)
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
+    assert_eq!(
+        fixture.stand_in.seen().len(),
+        requests + 1,
         "rejected credentials were retried"
     );
 
@@ -594,7 +609,7 @@ fn once_exit_codes() {
     );
     let took = started.elapsed();
     assert!(
-        took > Duration::from_millis(1200) && took < Duration::from_secs(4),
+        took > Duration::from_millis(1200) && took < Duration::from_secs(10),
         "gave up after {took:?}"
     );
     assert!(transient.logs_contain("no token within --once-timeout"));

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fiskil_token_refresher::fiskil::{parse_token_response, MAX_BODY_BYTES, MAX_EXPIRES_IN};
-use fiskil_token_refresher::schedule::{parse_retry_after, Failure, Timing};
+use fiskil_token_refresher::schedule::{parse_retry_after, Failure, Held, Timing};
 use proptest::prelude::*;
 use secrecy::ExposeSecret;
 
@@ -16,16 +16,23 @@ fn timing() -> impl Strategy<Value = Timing> {
         1u64..5_000,
         1u64..10_000,
         1u64..600_000,
+        1u64..120_000,
     )
         .prop_map(
-            |(ratio, jitter_share, min_ms, initial_ms, extra_ms)| Timing {
+            |(ratio, jitter_share, min_ms, initial_ms, extra_ms, expired_ms)| Timing {
                 ratio,
                 jitter: ratio * jitter_share * 0.999,
                 min_interval: Duration::from_millis(min_ms),
                 backoff_initial: Duration::from_millis(initial_ms),
                 backoff_max: Duration::from_millis(initial_ms + extra_ms),
+                backoff_max_expired: Duration::from_millis(expired_ms)
+                    .min(Duration::from_millis(initial_ms + extra_ms)),
             },
         )
+}
+
+fn held() -> impl Strategy<Value = Held> {
+    prop_oneof![Just(Held::Valid), Just(Held::Expired)]
 }
 
 proptest! {
@@ -66,26 +73,65 @@ proptest! {
     fn backoff_is_bounded_and_its_ceiling_grows(
         timing in timing(),
         failures in 1u32..200,
+        held in held(),
         unit in 0.0f64..=1.0,
     ) {
-        let delay = timing.backoff(failures, unit);
-        prop_assert!(delay <= timing.backoff_max);
-        prop_assert!(timing.backoff(failures, 1.0) <= timing.backoff(failures + 1, 1.0));
-        prop_assert!(delay <= timing.backoff(failures, 1.0));
+        let delay = timing.backoff(failures, held, unit);
+        let ceiling = timing.backoff_ceiling(failures, held);
+        prop_assert!(delay <= ceiling && ceiling <= timing.backoff_max);
+        prop_assert!(ceiling <= timing.backoff_ceiling(failures + 1, held));
+        if held == Held::Expired {
+            prop_assert!(ceiling <= timing.backoff_max_expired);
+        }
+    }
+
+    #[test]
+    fn no_retry_comes_sooner_than_half_its_backoff_ceiling(
+        timing in timing(),
+        failures in 1u32..200,
+        held in held(),
+        unit in 0.0f64..=1.0,
+        retry_after in proptest::option::of(0u64..10_000_000),
+    ) {
+        let floor = timing.backoff_ceiling(failures, held) / 2;
+        let transient = Failure::Transient { retry_after: retry_after.map(Duration::from_secs) };
+        for failure in [Failure::Rejected, Failure::InvalidResponse, transient] {
+            let delay = timing.retry_delay(failures, failure, held, unit);
+            // One nanosecond of slack for the float rounding of the jitter.
+            prop_assert!(delay + Duration::from_nanos(1) >= floor, "{delay:?} < {floor:?}");
+            prop_assert!(delay > Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn retry_after_lengthens_but_never_shortens(
+        timing in timing(),
+        failures in 1u32..200,
+        held in held(),
+        unit in 0.0f64..=1.0,
+        retry_after in 0u64..10_000_000,
+    ) {
+        let asked = Duration::from_millis(retry_after);
+        let plain = timing.retry_delay(failures, Failure::Transient { retry_after: None }, held, unit);
+        let with = timing.retry_delay(failures, Failure::Transient { retry_after: Some(asked) }, held, unit);
+        prop_assert!(with >= plain);
+        prop_assert!(with >= asked.min(timing.backoff_max));
+        prop_assert!(with <= timing.backoff_max);
     }
 
     #[test]
     fn retry_delays_never_exceed_the_maximum(
         timing in timing(),
         failures in 1u32..200,
+        held in held(),
         unit in 0.0f64..=1.0,
         retry_after in proptest::option::of(0u64..10_000_000),
     ) {
         let transient = Failure::Transient { retry_after: retry_after.map(Duration::from_secs) };
         for failure in [Failure::Rejected, Failure::InvalidResponse, transient] {
-            prop_assert!(timing.retry_delay(failures, failure, unit) <= timing.backoff_max);
+            prop_assert!(timing.retry_delay(failures, failure, held, unit) <= timing.backoff_max);
         }
-        prop_assert_eq!(timing.retry_delay(failures, Failure::Rejected, unit), timing.backoff_max);
+        prop_assert_eq!(timing.retry_delay(failures, Failure::Rejected, held, unit), timing.backoff_max);
     }
 
     #[test]

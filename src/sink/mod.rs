@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fiskil::Token;
 use crate::metrics::Metrics;
-use crate::schedule::Timing;
+use crate::schedule::{Held, Timing};
 use crate::status::OutputStatus;
 
 /// A place the token is written to.
@@ -111,7 +111,8 @@ async fn write_until_done(
             Err(e) => {
                 metrics.observe_write(output.name(), false);
                 failures += 1;
-                let delay = timing.backoff(failures, rand::random());
+                let held = Held::at(status.expires_at(), std::time::SystemTime::now());
+                let delay = timing.backoff(failures, held, rand::random());
                 tracing::warn!(output = output.name(), error = %e, retry_in = ?delay, "cannot write the token");
                 tokio::select! {
                     () = shutdown.cancelled() => return Written::Stopped,
@@ -141,8 +142,8 @@ pub async fn write_once(
             Err(e) => {
                 metrics.observe_write(output.name(), false);
                 failures += 1;
-                let retry_at =
-                    tokio::time::Instant::now() + timing.backoff(failures, rand::random());
+                let retry_at = tokio::time::Instant::now()
+                    + timing.backoff(failures, Held::Expired, rand::random());
                 if retry_at >= deadline {
                     return Err(e);
                 }

@@ -40,6 +40,7 @@ TIMING_FLAGS = (
     ("minRefreshInterval", "--min-refresh-interval"),
     ("backoffInitial", "--backoff-initial"),
     ("backoffMax", "--backoff-max"),
+    ("backoffMaxExpired", "--backoff-max-expired"),
     ("connectTimeout", "--connect-timeout"),
     ("requestTimeout", "--request-timeout"),
     ("credentialsPollInterval", "--credentials-poll-interval"),
@@ -546,7 +547,8 @@ def run_kustomize(ck, objs, name):
     base = {
         "port": 9847,
         "args": {"refreshRatio": "0.8", "refreshJitter": "0.05", "minRefreshInterval": "1s",
-                 "backoffInitial": "1s", "backoffMax": "60s", "connectTimeout": "5s",
+                 "backoffInitial": "1s", "backoffMax": "60s", "backoffMaxExpired": "8s",
+                 "connectTimeout": "5s",
                  "requestTimeout": "30s", "credentialsPollInterval": "10s",
                  "tokenUrl": "https://api.fiskil.com/v1/token", "logFormat": "json", "logLevel": "info"},
         "credentialsSecret": cred_name,

@@ -173,6 +173,7 @@ endpoint, the timings, logging, the listen address and the CA bundle.
 - {{ printf "--min-refresh-interval=%s" .Values.minRefreshInterval | quote }}
 - {{ printf "--backoff-initial=%s" .Values.backoffInitial | quote }}
 - {{ printf "--backoff-max=%s" .Values.backoffMax | quote }}
+- {{ printf "--backoff-max-expired=%s" .Values.backoffMaxExpired | quote }}
 - {{ printf "--connect-timeout=%s" .Values.connectTimeout | quote }}
 - {{ printf "--request-timeout=%s" .Values.requestTimeout | quote }}
 - {{ printf "--credentials-poll-interval=%s" .Values.credentialsPollInterval | quote }}
