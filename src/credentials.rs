@@ -1,7 +1,9 @@
 //! The client credentials: read from mounted files (or values), and watched for rotation.
 
 use std::collections::BTreeSet;
-use std::io;
+use std::fs::OpenOptions;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +80,8 @@ impl CredentialArgs {
     }
 }
 
+/// The largest credential file read; a credential is a short string.
+pub const MAX_CREDENTIAL_BYTES: u64 = 64 * 1024;
 /// How often a read that failed in the middle of a Secret volume update is retried.
 const READ_ATTEMPTS: u32 = 5;
 const READ_RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -133,6 +137,16 @@ pub enum CredentialsError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("the {name} file {path} is {kind}, not a regular file; mount the credentials Secret there or set --{name_flag}-file", name_flag = flag_name(name))]
+    NotRegular {
+        name: &'static str,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    #[error("the {name} file {path} is larger than {MAX_CREDENTIAL_BYTES} bytes; it should hold only the {name} from the Fiskil console")]
+    TooLarge { name: &'static str, path: PathBuf },
+    #[error("the credential files kept changing while being read; retrying later")]
+    Unsettled,
     #[error("the {name} file {path} is empty; put the {name} from the Fiskil console in it")]
     EmptyFile { name: &'static str, path: PathBuf },
     #[error("{env} is set but empty; set it to the {name} or unset it to use the file")]
@@ -179,10 +193,21 @@ impl Source {
                 Ok(SecretString::from(trimmed))
             }
             Source::File { name, path } => {
-                let raw = read_with_retry(path).map_err(|source| CredentialsError::Read {
-                    name,
-                    path: path.clone(),
-                    source,
+                let raw = read_with_retry(path).map_err(|e| match e {
+                    ReadError::NotRegular(kind) => CredentialsError::NotRegular {
+                        name,
+                        path: path.clone(),
+                        kind,
+                    },
+                    ReadError::TooLarge => CredentialsError::TooLarge {
+                        name,
+                        path: path.clone(),
+                    },
+                    ReadError::Io(source) => CredentialsError::Read {
+                        name,
+                        path: path.clone(),
+                        source,
+                    },
                 })?;
                 let raw = SecretString::from(raw);
                 let trimmed = raw.expose_secret().trim();
@@ -197,6 +222,14 @@ impl Source {
         }
     }
 
+    /// The file's path with every symlink resolved: the `..data` generation it is read from.
+    fn resolved(&self) -> Option<PathBuf> {
+        match self {
+            Source::File { path, .. } => std::fs::canonicalize(path).ok(),
+            Source::Value { .. } => None,
+        }
+    }
+
     fn directory(&self) -> Option<PathBuf> {
         match self {
             Source::File { path, .. } => Some(match path.parent() {
@@ -208,12 +241,21 @@ impl Source {
     }
 }
 
+/// Why a credential file could not be read.
+enum ReadError {
+    NotRegular(&'static str),
+    TooLarge,
+    Io(io::Error),
+}
+
 /// Reads a file, retrying briefly when it vanishes in the middle of a Secret volume update.
-fn read_with_retry(path: &Path) -> io::Result<String> {
+fn read_with_retry(path: &Path) -> Result<String, ReadError> {
     let mut attempt = 1;
     loop {
-        match std::fs::read_to_string(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < READ_ATTEMPTS => {
+        match read_regular(path) {
+            Err(ReadError::Io(e))
+                if e.kind() == io::ErrorKind::NotFound && attempt < READ_ATTEMPTS =>
+            {
                 attempt += 1;
                 std::thread::sleep(READ_RETRY_DELAY);
             }
@@ -222,13 +264,59 @@ fn read_with_retry(path: &Path) -> io::Result<String> {
     }
 }
 
+/// Reads a regular file (after following symlinks) of at most [`MAX_CREDENTIAL_BYTES`]. The
+/// file is opened without blocking, so a FIFO at the path is an error, not a hang.
+fn read_regular(path: &Path) -> Result<String, ReadError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(ReadError::Io)?;
+    let kind = file.metadata().map_err(ReadError::Io)?.file_type();
+    if !kind.is_file() {
+        return Err(ReadError::NotRegular(if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        }));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CREDENTIAL_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    if bytes.len() as u64 > MAX_CREDENTIAL_BYTES {
+        return Err(ReadError::TooLarge);
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ReadError::Io(io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text")))
+}
+
 impl CredentialSources {
-    /// Reads both credentials, trimmed of surrounding whitespace.
+    /// Reads both credentials, trimmed of surrounding whitespace, from one generation of the
+    /// mounted Secret: when kubelet swaps `..data` between the two reads, both are read again,
+    /// so an old client_id is never paired with a new client_secret.
     pub fn load(&self) -> Result<Credentials, CredentialsError> {
-        Ok(Credentials {
-            client_id: self.client_id.read()?,
-            client_secret: self.client_secret.read()?,
-        })
+        let mut attempt = 1;
+        loop {
+            let before = (self.client_id.resolved(), self.client_secret.resolved());
+            let credentials = Credentials {
+                client_id: self.client_id.read()?,
+                client_secret: self.client_secret.read()?,
+            };
+            let after = (self.client_id.resolved(), self.client_secret.resolved());
+            if before == after {
+                return Ok(credentials);
+            }
+            if attempt == READ_ATTEMPTS {
+                return Err(CredentialsError::Unsettled);
+            }
+            attempt += 1;
+            std::thread::sleep(READ_RETRY_DELAY);
+        }
     }
 
     /// The directories holding credential files, to watch for changes.
@@ -403,6 +491,97 @@ mod tests {
         assert!(
             matches!(sources.client_id, Source::File { ref path, .. } if path == Path::new(DEFAULT_CLIENT_ID_FILE))
         );
+    }
+
+    #[test]
+    fn odd_files_are_refused_without_hanging() {
+        let dir = temp_dir("odd");
+        std::fs::write(dir.join("client_id"), "id-1").unwrap();
+        let fifo = dir.join("client_secret");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = file_sources(&dir).load().unwrap_err().to_string();
+        assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+        std::fs::remove_file(&fifo).unwrap();
+        std::fs::create_dir(&fifo).unwrap();
+        let err = file_sources(&dir).load().unwrap_err().to_string();
+        assert!(err.contains("is a directory, not a regular file"), "{err}");
+        std::fs::remove_dir(&fifo).unwrap();
+        let big = std::fs::File::create(&fifo).unwrap();
+        big.set_len(200 * 1024 * 1024).unwrap();
+        let err = file_sources(&dir).load().unwrap_err().to_string();
+        assert!(err.contains("is larger than 65536 bytes"), "{err}");
+        std::fs::write(&fifo, "x".repeat(65536)).unwrap();
+        assert!(
+            file_sources(&dir).load().is_ok(),
+            "64 KiB is still accepted"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_pair_is_always_read_from_one_generation() {
+        use std::os::unix::fs::symlink;
+        let dir = temp_dir("pairs");
+        let write_generation = |n: u32| {
+            let gen = dir.join(format!("..gen_{n}"));
+            std::fs::create_dir(&gen).unwrap();
+            std::fs::write(gen.join("client_id"), format!("id-{n}")).unwrap();
+            std::fs::write(gen.join("client_secret"), format!("secret-{n}")).unwrap();
+        };
+        write_generation(0);
+        symlink("..gen_0", dir.join("..data")).unwrap();
+        symlink("..data/client_id", dir.join("client_id")).unwrap();
+        symlink("..data/client_secret", dir.join("client_secret")).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Swaps generations the way kubelet does: a new directory, a new ..data symlink renamed
+        // over the old one, then the old directory removed.
+        let swapper = {
+            let (dir, stop) = (dir.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let gen = dir.join(format!("..gen_{n}"));
+                    std::fs::create_dir(&gen).unwrap();
+                    std::fs::write(gen.join("client_id"), format!("id-{n}")).unwrap();
+                    std::fs::write(gen.join("client_secret"), format!("secret-{n}")).unwrap();
+                    symlink(format!("..gen_{n}"), dir.join("..data_tmp")).unwrap();
+                    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+                    std::fs::remove_dir_all(dir.join(format!("..gen_{}", n - 1))).unwrap();
+                }
+                n
+            })
+        };
+        let sources = file_sources(&dir);
+        let mut loads = 0;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            if let Ok(creds) = sources.load() {
+                let id = creds
+                    .client_id
+                    .expose_secret()
+                    .trim_start_matches("id-")
+                    .to_owned();
+                let secret = creds
+                    .client_secret
+                    .expose_secret()
+                    .trim_start_matches("secret-")
+                    .to_owned();
+                assert_eq!(
+                    id, secret,
+                    "a client_id paired with another generation's secret"
+                );
+                loads += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let swaps = swapper.join().unwrap();
+        assert!(loads > 100 && swaps > 100, "{loads} loads, {swaps} swaps");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -11,9 +11,7 @@ use support::{wait_for, Daemon, Fixture};
 
 /// Starts the daemon with the fixture's arguments plus `extra`, and `env`.
 fn spawn_with_env(fixture: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
-    let mut args = fixture.base_args();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Daemon::spawn(&args, env)
+    Daemon::spawn(&fixture.args_with(extra), env)
 }
 
 #[test]
@@ -119,5 +117,168 @@ fn after_the_token_expires_retries_stay_short_and_recovery_is_quick() {
         took < Duration::from_secs(12),
         "a token came back {took:?} after the endpoint healed (--backoff-max-expired 2s)"
     );
+    fixture.assert_logs_clean(&daemon);
+}
+
+/// Whether the tests run as root, which the ones that switch users or mount need.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(2) == Some("0"))
+}
+
+/// Runs the daemon through `wrapper` and expects exit 2 with one error line containing each
+/// of `needles`, and no token request sent.
+fn expect_config_error(fixture: &Fixture, wrapper: &[&str], extra: &[&str], needles: &[&str]) {
+    let mut daemon = Daemon::spawn_wrapped(wrapper, &fixture.args_with(extra), &[]);
+    let status = daemon
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits instead of hanging or retrying");
+    let logs = daemon.logs().join("\n");
+    assert_eq!(status.code(), Some(2), "{logs}");
+    for needle in needles {
+        assert!(logs.contains(needle), "no {needle:?} in: {logs}");
+    }
+    assert!(
+        fixture.stand_in.seen().is_empty(),
+        "a token request was sent"
+    );
+    fixture.assert_logs_clean(&daemon);
+}
+
+#[test]
+fn an_unwritable_token_file_fails_at_start_and_says_why() {
+    if !is_root() {
+        eprintln!("skipped: switching users and mounting need root");
+        return;
+    }
+    let fixture = Fixture::new("unwritable", 900);
+    let out = fixture.out.to_str().unwrap().to_owned();
+    let token = fixture.token_file().to_str().unwrap().to_owned();
+
+    // Another user, a directory it may not write: the pod without the right fsGroup.
+    expect_config_error(
+        &fixture,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ],
+        &[],
+        &["cannot write --token-file", "as uid 65534", "fsGroup"],
+    );
+
+    // A read-only volume, mounted in a private mount namespace that vanishes with the process.
+    let ro = format!("mount -t tmpfs -o ro fiskil-ro {out} && exec \"$@\"");
+    expect_config_error(
+        &fixture,
+        &["unshare", "--mount", "--", "sh", "-c", &ro, "sh"],
+        &[],
+        &["read-only file system", "mount a writable volume"],
+    );
+
+    // A file bind-mounted on its own, as a subPath mount does: rename over it fails.
+    std::fs::write(fixture.token_file(), "old").unwrap();
+    let source = fixture.dir.path().join("bound");
+    std::fs::write(&source, "old").unwrap();
+    let bind = format!(
+        "mount --bind {} {token} && exec \"$@\"",
+        source.to_str().unwrap()
+    );
+    expect_config_error(
+        &fixture,
+        &["unshare", "--mount", "--", "sh", "-c", &bind, "sh"],
+        &[],
+        &["a mount point of its own (a subPath mount?)"],
+    );
+    std::fs::remove_file(fixture.token_file()).unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(&fixture.out).unwrap().collect();
+    assert!(leftovers.is_empty(), "probe files left: {leftovers:?}");
+}
+
+#[test]
+fn the_start_up_probe_keeps_an_existing_token_file_as_it_was() {
+    let fixture = Fixture::new("probe-keeps", 900);
+    fixture
+        .stand_in
+        .set_default(fiskil_stand_in::Behaviour::Hang);
+    std::fs::write(fixture.token_file(), "tok-from-an-earlier-run").unwrap();
+    let mut daemon = fixture.spawn(&[]);
+    daemon.admin();
+    assert_eq!(
+        fixture.read_token().as_deref(),
+        Some("tok-from-an-earlier-run")
+    );
+    let names: Vec<_> = std::fs::read_dir(&fixture.out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["token"], "probe files left behind");
+}
+
+#[test]
+fn odd_files_are_refused_at_start_instead_of_hanging_or_being_replaced() {
+    let fixture = Fixture::new("odd-files", 900);
+    let fifo = fixture.dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let fifo = fifo.to_str().unwrap();
+    expect_config_error(
+        &fixture,
+        &[],
+        &["--client-secret-file", fifo],
+        &["client_secret file", "is a FIFO, not a regular file"],
+    );
+    expect_config_error(
+        &fixture,
+        &[],
+        &["--token-file", fifo],
+        &[
+            "is a FIFO, not a regular file",
+            "point --token-file at a new path",
+        ],
+    );
+    let kind = std::fs::symlink_metadata(fifo).unwrap().file_type();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_fifo(&kind),
+        "the FIFO was replaced"
+    );
+    let big = fixture.dir.path().join("big");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    expect_config_error(
+        &fixture,
+        &[],
+        &["--client-id-file", big.to_str().unwrap()],
+        &["client_id file", "larger than 65536 bytes"],
+    );
+}
+
+#[test]
+fn a_token_that_outlives_nothing_names_the_minimum_interval() {
+    let fixture = Fixture::new("short-lived", 1);
+    let daemon = fixture.spawn(&["--min-refresh-interval", "2s"]);
+    wait_for(Duration::from_secs(10), "the warning", || {
+        daemon.logs_contain("--min-refresh-interval")
+    });
+    let warning = daemon
+        .json_logs()
+        .into_iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("--min-refresh-interval")
+        })
+        .unwrap();
+    assert_eq!(warning["level"], "WARN");
     fixture.assert_logs_clean(&daemon);
 }

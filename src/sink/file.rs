@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -65,6 +65,15 @@ pub enum FileError {
     NoDirectory { path: PathBuf },
     #[error("--token-file {path} names a directory; give a file path inside it")]
     IsDirectory { path: PathBuf },
+    #[error("--token-file {path} is {kind}, not a regular file; it is replaced only when it is a regular file or a symlink this user owns: point --token-file at a new path")]
+    NotReplaceable { path: PathBuf, kind: &'static str },
+    #[error("cannot write --token-file {path} as uid {uid}: {source}; {hint}")]
+    Unwritable {
+        path: PathBuf,
+        uid: String,
+        hint: String,
+        source: io::Error,
+    },
     #[error("cannot write the token file {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
 }
@@ -105,7 +114,109 @@ impl FileSink {
             mode: output.mode,
         };
         sink.remove_stale_temp_files();
+        sink.prove_writable()?;
         Ok(sink)
+    }
+
+    /// Proves at start, as the running user, that a token can be written exactly as it will be:
+    /// a temporary file is created, synced and renamed over the token file (with the token file's
+    /// current contents, so readers see no change) or, when there is none yet, renamed to a
+    /// second temporary name and removed.
+    fn prove_writable(&self) -> Result<(), FileError> {
+        let unwritable = |source: io::Error| self.unwritable(source);
+        let existing = self.check_target().map_err(|e| match e {
+            TargetError::NotReplaceable(kind) => FileError::NotReplaceable {
+                path: self.path.clone(),
+                kind,
+            },
+            TargetError::Io(source) => unwritable(source),
+        })?;
+        let contents = match existing {
+            Some(()) => fs::read(&self.path).ok(),
+            None => None,
+        };
+        let temp = self.temp_path();
+        let proved = self
+            .write_temp(&temp, contents.as_deref().unwrap_or_default())
+            .and_then(|()| match &contents {
+                Some(_) => fs::rename(&temp, &self.path),
+                None => {
+                    let moved = self.temp_path();
+                    fs::rename(&temp, &moved).and_then(|()| fs::remove_file(&moved))
+                }
+            });
+        if proved.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        proved.map_err(unwritable)
+    }
+
+    /// What is at the token file's path: `None` for nothing, `Some(())` for a file this program
+    /// may replace (a regular file, or a symlink owned by this user).
+    fn check_target(&self) -> Result<Option<()>, TargetError> {
+        let meta = match fs::symlink_metadata(&self.path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(TargetError::Io(e)),
+        };
+        let kind = meta.file_type();
+        if kind.is_file() {
+            return Ok(Some(()));
+        }
+        if kind.is_symlink() {
+            let ours = current_uid().is_some_and(|uid| uid == meta.uid());
+            return if ours {
+                Ok(Some(()))
+            } else {
+                Err(TargetError::NotReplaceable(
+                    "a symlink owned by another user",
+                ))
+            };
+        }
+        Err(TargetError::NotReplaceable(if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() || kind.is_char_device() {
+            "a device"
+        } else {
+            "a special file"
+        }))
+    }
+
+    fn unwritable(&self, source: io::Error) -> FileError {
+        let dir = self.dir.display();
+        let hint = match source.kind() {
+            io::ErrorKind::ReadOnlyFilesystem => format!(
+                "{dir} is on a read-only file system; mount a writable volume there (an emptyDir shared with the application)"
+            ),
+            io::ErrorKind::PermissionDenied => {
+                let owner = fs::metadata(&self.dir)
+                    .map(|m| {
+                        format!(
+                            " (owner uid {}, gid {}, mode {:04o})",
+                            m.uid(),
+                            m.gid(),
+                            m.mode() & 0o7777
+                        )
+                    })
+                    .unwrap_or_default();
+                format!("this user may not create files in {dir}{owner}; give the pod an fsGroup that owns the volume, or make the directory writable for this user")
+            }
+            io::ErrorKind::ResourceBusy => format!(
+                "{} is a mount point of its own (a subPath mount?) and cannot be replaced atomically; mount the whole directory and point --token-file inside it",
+                self.path.display()
+            ),
+            _ => "check the volume mounted at the token file's directory".to_owned(),
+        };
+        FileError::Unwritable {
+            path: self.path.clone(),
+            uid: current_uid().map_or_else(|| "unknown".to_owned(), |uid| uid.to_string()),
+            hint,
+            source,
+        }
     }
 
     /// Replaces the file with `token`. Runs on the blocking pool and always finishes (or
@@ -123,20 +234,37 @@ impl FileSink {
     }
 
     fn replace(&self, contents: &str) -> io::Result<()> {
-        let temp = self.dir.join(format!(
+        if let Err(e) = self.check_target() {
+            return Err(match e {
+                TargetError::NotReplaceable(kind) => {
+                    io::Error::other(format!("it is now {kind}, which is never replaced"))
+                }
+                TargetError::Io(e) => e,
+            });
+        }
+        let temp = self.temp_path();
+        let result = self
+            .write_temp(&temp, contents.as_bytes())
+            .and_then(|()| fs::rename(&temp, &self.path));
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+            return result;
+        }
+        // The new file is in place; failing to sync the directory only weakens durability
+        // across a crash of the machine, which an in-memory volume does not have anyway.
+        if let Err(e) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot sync the token file's directory");
+        }
+        Ok(())
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.dir.join(format!(
             "{}{}-{}",
             self.temp_prefix,
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = self.write_temp(&temp, contents.as_bytes()).and_then(|()| {
-            fs::rename(&temp, &self.path)?;
-            File::open(&self.dir)?.sync_all()
-        });
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result
+        ))
     }
 
     fn write_temp(&self, temp: &Path, contents: &[u8]) -> io::Result<()> {
@@ -171,6 +299,24 @@ impl FileSink {
             }
         }
     }
+}
+
+/// Why the token file's path cannot be replaced.
+enum TargetError {
+    NotReplaceable(&'static str),
+    Io(io::Error),
+}
+
+/// The effective user id of this process, from `/proc/self/status` (no unsafe code needed).
+fn current_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The file's contents in the chosen format.

@@ -148,6 +148,11 @@ impl Fixture {
     /// Starts the daemon with the shared arguments; a flag in `extra` that is already among
     /// them replaces its value.
     pub fn spawn(&self, extra: &[&str]) -> Daemon {
+        Daemon::spawn(&self.args_with(extra), &[])
+    }
+
+    /// The shared arguments with `extra` added; a flag already among them replaces its value.
+    pub fn args_with(&self, extra: &[&str]) -> Vec<String> {
         let mut args = self.base_args();
         let mut rest = extra.iter();
         while let Some(arg) = rest.next() {
@@ -156,7 +161,7 @@ impl Fixture {
                 None => args.push(arg.to_string()),
             }
         }
-        Daemon::spawn(&args, &[])
+        args
     }
 
     /// Rotates the mounted credentials and tells the stand-in to accept only the new ones.
@@ -214,7 +219,21 @@ impl Daemon {
     }
 
     pub fn spawn(args: &[String], env: &[(&str, &str)]) -> Daemon {
-        let mut command = Command::new(Self::binary());
+        Self::spawn_wrapped(&[], args, env)
+    }
+
+    /// Starts the binary through `wrapper` (a command and its arguments, e.g. `setpriv ...`),
+    /// which must end by running the binary with the arguments that follow it.
+    pub fn spawn_wrapped(wrapper: &[&str], args: &[String], env: &[(&str, &str)]) -> Daemon {
+        let binary = Self::binary();
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
         command
             .args(args)
             .env_remove("RUST_LOG")
