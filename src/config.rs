@@ -25,8 +25,14 @@ Credentials:
 Logging:
   RUST_LOG  Overrides --log-level with a full filter (e.g. fiskil_token_refresher=debug).
 
+Trust:
+  SSL_CERT_FILE, SSL_CERT_DIR  Extra PEM bundles (a file; `:`-separated directories) trusted in
+                               addition to the built-in roots and --ca-file.
+
 Proxies:
-  HTTPS_PROXY, NO_PROXY  Honoured for the token request.
+  HTTPS_PROXY, ALL_PROXY, NO_PROXY  Honoured for an https:// token endpoint that is not loopback
+                                    (lowercase names too). A loopback or http:// endpoint is
+                                    always reached directly; HTTP_PROXY is never used.
 
 Exit codes:
   0  success (--once) or clean shutdown on SIGTERM/SIGINT
@@ -99,10 +105,10 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let timing = args.timing.timing()?;
         args.log.check()?;
-        let credentials = args.credentials.sources(env)?;
+        let credentials = args.credentials.sources(&env)?;
         // The Kubernetes API calls share the token request's time limit.
         let secret = args.secret.output(args.http.request_timeout)?;
-        let http = args.http.settings()?;
+        let http = args.http.settings(&env)?;
         let file = args.file.output();
         if file.is_none() && secret.is_none() {
             return Err(ConfigError::NoOutput);

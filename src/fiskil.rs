@@ -1,6 +1,6 @@
 //! The token exchange with Fiskil: the request, response validation and error classes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::cli::{is_loopback_url, positive_duration};
 use crate::credentials::Credentials;
 use crate::schedule::{parse_retry_after, Failure};
+use crate::trust::{TrustError, TrustSources};
 
 /// The documented token endpoint.
 pub const DEFAULT_TOKEN_URL: &str = "https://api.fiskil.com/v1/token";
@@ -61,12 +62,16 @@ pub struct HttpSettings {
     pub token_url: reqwest::Url,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
-    pub ca_file: Option<PathBuf>,
+    pub trust: TrustSources,
 }
 
 impl HttpArgs {
-    /// Checks the URL: https://, or http:// to loopback when explicitly allowed.
-    pub fn settings(self) -> Result<HttpSettings, HttpArgsError> {
+    /// Checks the URL: https://, or http:// to loopback when explicitly allowed. `env` looks up
+    /// the trust bundle variables.
+    pub fn settings(
+        self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<HttpSettings, HttpArgsError> {
         let raw = &self.token_url;
         let url = reqwest::Url::parse(raw).map_err(|e| HttpArgsError::BadUrl(raw.to_owned(), e))?;
         match url.scheme() {
@@ -86,7 +91,7 @@ impl HttpArgs {
             token_url: url,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
-            ca_file: self.ca_file,
+            trust: TrustSources::new(self.ca_file, env),
         })
     }
 }
@@ -181,17 +186,8 @@ impl ExchangeError {
 /// Why an HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot read --ca-file {path}: {source}")]
-    CaRead {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "--ca-file {0} holds no PEM certificate; give a PEM bundle (-----BEGIN CERTIFICATE-----)"
-    )]
-    CaEmpty(String),
-    #[error("--ca-file {path} holds a certificate that cannot be used: {reason}")]
-    CaInvalid { path: String, reason: String },
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     #[error("cannot set up the HTTPS client: {0}")]
     Build(String),
 }
@@ -203,18 +199,11 @@ pub struct TokenClient {
 }
 
 impl TokenClient {
-    /// Builds a client trusting the built-in roots plus `--ca-file`, never following redirects.
+    /// Builds a client trusting the configured roots, never following redirects, and never
+    /// sending a loopback or plain-http request through a proxy from the environment.
     pub fn new(settings: &HttpSettings) -> Result<Self, ClientError> {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(path) = &settings.ca_file {
-            add_ca_file(&mut roots, path)?;
-        }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let http = reqwest::Client::builder()
+        let tls = settings.trust.client_config()?;
+        let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
@@ -224,7 +213,11 @@ impl TokenClient {
                 env!("CARGO_PKG_NAME"),
                 "/",
                 env!("CARGO_PKG_VERSION")
-            ))
+            ));
+        if !may_use_proxy(&settings.token_url) {
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Build(error_chain(&e)))?;
         Ok(TokenClient {
@@ -259,28 +252,11 @@ impl TokenClient {
     }
 }
 
-fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), ClientError> {
-    let shown = path.display().to_string();
-    let pem = std::fs::read(path).map_err(|source| ClientError::CaRead {
-        path: shown.clone(),
-        source,
-    })?;
-    let mut found = 0;
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| ClientError::CaInvalid {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
-        roots.add(cert).map_err(|e| ClientError::CaInvalid {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
-        found += 1;
-    }
-    if found == 0 {
-        return Err(ClientError::CaEmpty(shown));
-    }
-    Ok(())
+/// Whether a request to `url` may go through `HTTPS_PROXY` / `ALL_PROXY`: only https:// to a
+/// host that is not loopback. A loopback endpoint and plain http:// (loopback only) are always
+/// reached directly, so no proxy ever sees the client secret.
+pub fn may_use_proxy(url: &reqwest::Url) -> bool {
+    url.scheme() == "https" && !is_loopback_url(url)
 }
 
 /// Reads at most [`MAX_BODY_BYTES`] of the body; a longer 2xx body is an invalid response.
@@ -444,7 +420,7 @@ mod tests {
 
     fn settings(argv: &[&str]) -> Result<HttpSettings, HttpArgsError> {
         let argv = std::iter::once("test").chain(argv.iter().copied());
-        Cli::try_parse_from(argv).unwrap().http.settings()
+        Cli::try_parse_from(argv).unwrap().http.settings(|_| None)
     }
 
     #[test]

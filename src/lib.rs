@@ -14,6 +14,7 @@ pub mod signals;
 pub mod sink;
 pub mod status;
 pub mod telemetry;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -282,3 +282,210 @@ fn a_token_that_outlives_nothing_names_the_minimum_interval() {
     assert_eq!(warning["level"], "WARN");
     fixture.assert_logs_clean(&daemon);
 }
+
+/// A forward proxy on loopback: records every connection's first line and every byte it
+/// relays, and tunnels `CONNECT host:port` to the stand-in's port on loopback.
+struct Proxy {
+    url: String,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Proxy {
+    fn start(tunnel_to: u16) -> Proxy {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (l, b) = (lines.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let (l, b) = (l.clone(), b.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(client.try_clone().unwrap());
+                    let mut first = String::new();
+                    let _ = reader.read_line(&mut first);
+                    l.lock().unwrap().push(first.trim().to_owned());
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                            break;
+                        }
+                    }
+                    if !first.starts_with("CONNECT ") {
+                        return;
+                    }
+                    let upstream = std::net::TcpStream::connect(("127.0.0.1", tunnel_to)).unwrap();
+                    let mut client_w = client.try_clone().unwrap();
+                    client_w
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .unwrap();
+                    let relay =
+                        |mut from: Box<dyn Read + Send>,
+                         mut to: std::net::TcpStream,
+                         seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
+                            std::thread::spawn(move || {
+                                let mut buf = [0u8; 8192];
+                                while let Ok(n) = from.read(&mut buf) {
+                                    if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                    seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                                }
+                                let _ = to.shutdown(std::net::Shutdown::Write);
+                            })
+                        };
+                    relay(Box::new(reader), upstream.try_clone().unwrap(), b.clone());
+                    relay(Box::new(upstream), client_w, b).join().unwrap();
+                });
+            }
+        });
+        Proxy { url, lines, bytes }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+fn proxy_env(url: &str) -> Vec<(&'static str, String)> {
+    [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .into_iter()
+    .map(|name| (name, url.to_owned()))
+    .collect()
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[test]
+fn loopback_and_plain_http_endpoints_never_go_through_a_proxy() {
+    let fixture = Fixture::new("no-proxy-loopback", 900);
+    let proxy = Proxy::start(fixture.stand_in.addr().port());
+    let env = proxy_env(&proxy.url);
+    let https = Daemon::spawn(&fixture.args_with(&[]), &env_refs(&env));
+    wait_for(Duration::from_secs(20), "a token over loopback", || {
+        fixture.read_token().is_some()
+    });
+    // A plain-http loopback endpoint: a listener that only counts connections.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_url = format!(
+        "http://127.0.0.1:{}/v1/token",
+        target.local_addr().unwrap().port()
+    );
+    target.set_nonblocking(true).unwrap();
+    let other = Fixture::new("no-proxy-http", 900);
+    let http = Daemon::spawn(
+        &other.args_with(&["--token-url", &target_url, "--insecure-allow-http"]),
+        &env_refs(&env),
+    );
+    wait_for(Duration::from_secs(20), "the plain-http request", || {
+        target.accept().is_ok()
+    });
+    assert!(
+        proxy.lines().is_empty(),
+        "the proxy saw {:?}",
+        proxy.lines()
+    );
+    fixture.assert_logs_clean(&https);
+    other.assert_logs_clean(&http);
+}
+
+#[test]
+fn a_remote_endpoint_goes_through_https_proxy_as_a_tunnel_and_no_proxy_is_honoured() {
+    let fixture = Fixture::new("via-proxy", 900);
+    let port = fixture.stand_in.addr().port();
+    let proxy = Proxy::start(port);
+    let remote = format!("https://fiskil.test:{port}/v1/token");
+    for name in ["HTTPS_PROXY", "ALL_PROXY"] {
+        let before = fixture.stand_in.issued().len();
+        let env = [(name, proxy.url.as_str())];
+        let daemon = Daemon::spawn(&fixture.args_with(&["--token-url", &remote]), &env);
+        wait_for(Duration::from_secs(20), "a token through the proxy", || {
+            fixture.stand_in.issued().len() > before
+        });
+        fixture.assert_logs_clean(&daemon);
+    }
+    let lines = proxy.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines
+        .iter()
+        .all(|l| l.starts_with(&format!("CONNECT fiskil.test:{port} "))));
+    let relayed = proxy.bytes.lock().unwrap().clone();
+    assert!(relayed.len() > 1000, "only {} bytes relayed", relayed.len());
+    let secret = fixture.client_secret.as_bytes();
+    assert!(
+        !relayed.windows(secret.len()).any(|w| w == secret),
+        "the proxy saw the client secret in clear text"
+    );
+
+    let env = [
+        ("HTTPS_PROXY", proxy.url.as_str()),
+        ("NO_PROXY", "example.org,fiskil.test"),
+    ];
+    let mut direct = Daemon::spawn(&fixture.args_with(&["--token-url", &remote]), &env);
+    wait_for(Duration::from_secs(20), "a direct attempt", || {
+        direct.metric(TRANSIENT) >= 1.0
+    });
+    assert_eq!(proxy.lines().len(), 2, "NO_PROXY was ignored");
+}
+
+const TRANSIENT: &str = "fiskil_token_refresher_refresh_total{result=\"transient\"}";
+
+/// The fixture's arguments without `--ca-file`.
+fn args_without_ca(fixture: &Fixture) -> Vec<String> {
+    let mut args = fixture.args_with(&[]);
+    let at = args.iter().position(|a| a == "--ca-file").unwrap();
+    args.drain(at..at + 2);
+    args
+}
+
+#[test]
+fn trust_bundles_from_ssl_cert_file_and_ssl_cert_dir_are_trusted() {
+    let fixture = Fixture::new("trust", 900);
+    let args = args_without_ca(&fixture);
+    let mut untrusted = Daemon::spawn(&args, &[]);
+    wait_for(Duration::from_secs(20), "a TLS failure", || {
+        untrusted.metric(TRANSIENT) >= 1.0
+    });
+    assert!(
+        untrusted.logs_contain("certificate"),
+        "{:?}",
+        untrusted.logs()
+    );
+    assert!(fixture.stand_in.issued().is_empty());
+    drop(untrusted);
+
+    let bundle_dir = fixture.dir.path().join("certs");
+    std::fs::create_dir(&bundle_dir).unwrap();
+    std::fs::write(bundle_dir.join("README"), "not a certificate").unwrap();
+    std::fs::copy(&fixture.ca, bundle_dir.join("stand-in.pem")).unwrap();
+    let ca = fixture.ca.to_str().unwrap().to_owned();
+    for env in [
+        [("SSL_CERT_FILE", ca.as_str())],
+        [("SSL_CERT_DIR", bundle_dir.to_str().unwrap())],
+    ] {
+        let before = fixture.stand_in.issued().len();
+        let daemon = Daemon::spawn(&args, &env);
+        wait_for(
+            Duration::from_secs(20),
+            "a token trusted by the bundle",
+            || fixture.stand_in.issued().len() > before,
+        );
+        fixture.assert_logs_clean(&daemon);
+    }
+
+    let mut bad = Daemon::spawn(&args, &[("SSL_CERT_FILE", "/nonexistent/bundle.pem")]);
+    let status = bad.wait_exit(Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(2));
+    assert!(bad.logs_contain("cannot read SSL_CERT_FILE /nonexistent/bundle.pem"));
+}

@@ -518,10 +518,14 @@ fn make_tls() -> (String, Arc<rustls::ServerConfig>) {
     ];
     let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
     let leaf_key = KeyPair::generate().expect("server key");
-    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .expect("server params")
-        .signed_by(&leaf_key, &ca_cert, &ca_key)
-        .expect("server certificate");
+    let leaf = CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "fiskil.test".to_owned(),
+    ])
+    .expect("server params")
+    .signed_by(&leaf_key, &ca_cert, &ca_key)
+    .expect("server certificate");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
