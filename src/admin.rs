@@ -4,70 +4,71 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::serve::{reply, Reply};
 use crate::status::Status;
 
 /// The health and metrics server.
 #[derive(clap::Args, Debug)]
 #[command(next_help_heading = "Health and metrics")]
 pub struct AdminArgs {
-    /// Address of the health and metrics server (/healthz, /readyz, /metrics); port 0 picks one
+    /// Address of the health and metrics server (/healthz, /readyz, /metrics); [::] accepts
+    /// IPv4 and IPv6 (IPv4 only where IPv6 is off); port 0 picks one
     #[arg(
         long,
         env = "FISKIL_LISTEN",
         value_name = "ADDR",
-        default_value = "0.0.0.0:9847"
+        default_value = "[::]:9847"
     )]
     pub listen: SocketAddr,
 }
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-#[derive(Clone)]
-struct AppState {
-    status: Arc<Status>,
-    metrics: Arc<Metrics>,
-}
-
-/// Serves the endpoints on `listener` until `shutdown`.
+/// Serves the endpoints on `listener` until `stop`.
 pub async fn serve(
     listener: TcpListener,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(AppState { status, metrics });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    stop: CancellationToken,
+) {
+    let handler = move |request: Request<Incoming>| {
+        let reply = route(&request, &status, &metrics);
+        async move { reply }
+    };
+    crate::serve::serve(listener, handler, stop).await;
 }
 
-async fn healthz(State(state): State<AppState>) -> Response {
-    if state.status.is_alive() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "refresh loop stopped\n").into_response()
+fn route(request: &Request<Incoming>, status: &Status, metrics: &Metrics) -> Reply {
+    let path = request.uri().path();
+    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+    }
+    if request.method() != Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+    }
+    match path {
+        "/healthz" if status.is_alive() => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/healthz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "refresh loop stopped\n",
+        ),
+        "/readyz" => readyz(status),
+        _ => reply(StatusCode::OK, OPENMETRICS, metrics.encode()),
     }
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    let readiness = state.status.readiness(SystemTime::now());
+fn readyz(status: &Status) -> Reply {
+    let readiness = status.readiness(SystemTime::now());
     let time =
         |at: Option<SystemTime>| at.map(|at| humantime::format_rfc3339_millis(at).to_string());
-    let outputs: serde_json::Map<String, serde_json::Value> = state
-        .status
+    let outputs: serde_json::Map<String, serde_json::Value> = status
         .outputs
         .iter()
         .map(|output| (output.name.to_owned(), time(output.expires_at()).into()))
@@ -83,18 +84,5 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-async fn metrics_text(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, OPENMETRICS)],
-        state.metrics.encode(),
-    )
-        .into_response()
+    reply(code, "application/json", body.to_string())
 }

@@ -10,6 +10,7 @@ pub mod fiskil;
 pub mod metrics;
 pub mod refresher;
 pub mod schedule;
+pub mod serve;
 pub mod signals;
 pub mod sink;
 pub mod status;
@@ -20,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -122,12 +122,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         return Ok(());
     }
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = serve::bind(config.listen).map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let listen = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), token_url = %config.http.token_url, "started");
 
@@ -177,9 +175,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         tracing::warn!("outputs still busy at shutdown; stopping them");
     }
     admin_stop.cancel();
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_millis(500), admin).await {
-        tracing::warn!(error = %e, "health server stopped with an error");
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(3), admin).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -489,3 +489,62 @@ fn trust_bundles_from_ssl_cert_file_and_ssl_cert_dir_are_trusted() {
     assert_eq!(status.code(), Some(2));
     assert!(bad.logs_contain("cannot read SSL_CERT_FILE /nonexistent/bundle.pem"));
 }
+
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn the_health_server_is_dual_stack_and_bounded() {
+    let fixture = Fixture::new("dual-stack", 900);
+    let mut daemon = fixture.spawn(&["--listen", "[::]:0"]);
+    let addr = daemon.admin();
+    let port = addr.port();
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if ipv6 {
+        assert!(addr.is_ipv6(), "listening on {addr}");
+        let (code, _) = support::http_get(format!("[::1]:{port}").parse().unwrap(), "/healthz");
+        assert_eq!(code, 200, "over IPv6");
+    } else {
+        assert!(daemon.logs_contain("listening on IPv4 only"));
+    }
+    let (code, _) = support::http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/healthz");
+    assert_eq!(code, 200, "over IPv4");
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+
+    // A client that never finishes its headers is cut off.
+    use std::io::{Read, Write};
+    let mut slow = std::net::TcpStream::connect(v4).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = slow.read_to_end(&mut rest);
+    assert!(
+        read.is_ok(),
+        "the half-sent request was still open after 30 s: {read:?}"
+    );
+
+    // Hundreds of idle connections: only 64 are taken in at once, the rest wait in the
+    // kernel's backlog, and each is closed after the header-read timeout.
+    let before = open_fds(daemon.pid());
+    let idle: Vec<_> = (0..300)
+        .map(|_| std::net::TcpStream::connect(v4).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = open_fds(daemon.pid());
+    assert!(
+        during <= before + 64,
+        "{during} open descriptors with 300 idle clients (before: {before})"
+    );
+    drop(idle);
+    wait_for(Duration::from_secs(60), "served again", || {
+        support::http_get(v4, "/healthz").0 == 200
+    });
+    assert_eq!(daemon.get("/nope").0, 404);
+    fixture.assert_logs_clean(&daemon);
+}

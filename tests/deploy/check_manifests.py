@@ -162,7 +162,7 @@ def check_refresher(ck, obj, expect):
     ck.check(f"{where}: port http-metrics is {expect['port']}", ports.get("http-metrics") == expect["port"],
              f"ports={ports}")
     ck.check(f"{where}: --listen on port {expect['port']}",
-             arg_value(args, "--listen") == [f"0.0.0.0:{expect['port']}"], str(arg_value(args, "--listen")))
+             arg_value(args, "--listen") == [f"[::]:{expect['port']}"], str(arg_value(args, "--listen")))
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = (c.get(probe) or {}).get("httpGet") or {}
         ck.check(f"{where}: {probe} GET {path} on http-metrics",

@@ -243,9 +243,7 @@ impl Cluster {
             Duration::from_secs(60),
             "the API server ready again",
             || async {
-                let readyz = axum::http::Request::get("/readyz")
-                    .body(Vec::new())
-                    .unwrap();
+                let readyz = hyper::Request::get("/readyz").body(Vec::new()).unwrap();
                 self.admin
                     .request_text(readyz)
                     .await

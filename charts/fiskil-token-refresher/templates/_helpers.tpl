@@ -177,7 +177,7 @@ endpoint, the timings, logging, the listen address and the CA bundle.
 - {{ printf "--connect-timeout=%s" .Values.connectTimeout | quote }}
 - {{ printf "--request-timeout=%s" .Values.requestTimeout | quote }}
 - {{ printf "--credentials-poll-interval=%s" .Values.credentialsPollInterval | quote }}
-- {{ printf "--listen=0.0.0.0:%v" .Values.port | quote }}
+- {{ printf "--listen=[::]:%v" .Values.port | quote }}
 - {{ printf "--log-format=%s" .Values.logFormat | quote }}
 - {{ printf "--log-level=%s" .Values.logLevel | quote }}
 {{- if or .Values.ca.configMap .Values.ca.secret }}
