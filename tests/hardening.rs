@@ -548,3 +548,59 @@ fn the_health_server_is_dual_stack_and_bounded() {
     assert_eq!(daemon.get("/nope").0, 404);
     fixture.assert_logs_clean(&daemon);
 }
+
+#[test]
+fn secret_applies_are_bounded_never_retried_behind_the_outputs_back_and_follow_kubeconfig() {
+    let fixture = Fixture::new("kube-client", 900);
+    let api = FakeApi::start(ApiMode::Fail(503));
+    let kubeconfig = fixture.dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    // In a pod the in-cluster variables are set; an explicit KUBECONFIG still wins.
+    let env = [
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "1"),
+    ];
+    let mut daemon = spawn_with_env(
+        &fixture,
+        &[
+            "--secret-name",
+            "token",
+            "--secret-namespace",
+            "team",
+            "--backoff-initial",
+            "200ms",
+            "--request-timeout",
+            "1s",
+        ],
+        &env,
+    );
+    wait_for(Duration::from_secs(20), "three failed applies", || {
+        api.requests() >= 3
+    });
+    let errors = "fiskil_token_refresher_output_write_total{output=\"secret\",result=\"error\"}";
+    // Each failed write is one request: kube's own retry layer would send several per write.
+    wait_for(Duration::from_secs(20), "the errors counted", || {
+        daemon.metric(errors) >= 3.0
+    });
+    // Requests counted first, failures after: every request counted then has failed by the
+    // second reading or is the one still in flight.
+    let sent = api.requests() as f64;
+    let failed = daemon.metric(errors);
+    assert!(
+        sent <= failed + 1.0,
+        "{sent} API requests for {failed} failed writes"
+    );
+    assert!(daemon.logs_contain("HTTP 503"));
+
+    // A hanging API server: each apply gives up after --request-timeout.
+    api.set_mode(ApiMode::Hang);
+    wait_for(
+        Duration::from_secs(30),
+        "an apply cut off by the timeout",
+        || daemon.logs_contain("did not answer within --request-timeout"),
+    );
+    // The file output never waited for any of this.
+    assert!(fixture.read_token().is_some());
+    fixture.assert_logs_clean(&daemon);
+}

@@ -18,8 +18,6 @@ use crate::fiskil::Token;
 pub const FIELD_MANAGER: &str = "fiskil-token-refresher";
 /// The Secret key holding the token's expiry as RFC 3339.
 pub const EXPIRES_AT_KEY: &str = "expires_at";
-/// Label marking the Secret as written by this program.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fiskil-token-refresher");
 /// Where a pod finds its own namespace.
 pub const SERVICE_ACCOUNT_NAMESPACE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -118,7 +116,7 @@ fn dns_name(text: &str, dots: bool, max: usize) -> bool {
 /// The Secret output cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretSetupError {
-    #[error("no Kubernetes connection for --secret-name: {0}; run in a pod with a ServiceAccount or set KUBECONFIG")]
+    #[error("no Kubernetes connection for --secret-name: {0}; set KUBECONFIG, or run in a pod with a ServiceAccount")]
     NoCluster(String),
     #[error("cannot build the Kubernetes client: {0}")]
     Client(String),
@@ -145,6 +143,8 @@ pub enum SecretError {
     },
     #[error("cannot reach the API server: {0}")]
     Unreachable(String),
+    #[error("the API server did not answer within --request-timeout ({0:?})")]
+    TimedOut(Duration),
 }
 
 /// Writes the token into one Secret.
@@ -154,6 +154,7 @@ pub struct SecretSink {
     name: String,
     namespace: String,
     key: String,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for SecretSink {
@@ -167,16 +168,14 @@ impl std::fmt::Debug for SecretSink {
 }
 
 impl SecretSink {
-    /// Connects the usual way (the in-cluster ServiceAccount in a pod, else KUBECONFIG or
-    /// ~/.kube/config) and settles the namespace.
+    /// Connects the usual way (KUBECONFIG or ~/.kube/config when present, else the pod's
+    /// ServiceAccount) and settles the namespace. The client does not retry on its own: the
+    /// output's backoff retries, always with the newest token.
     pub async fn new(output: &SecretOutput) -> Result<Self, SecretSetupError> {
-        let mut config = if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
-            kube::Config::incluster().map_err(|e| SecretSetupError::NoCluster(e.to_string()))?
-        } else {
-            kube::Config::infer()
-                .await
-                .map_err(|e| SecretSetupError::NoCluster(e.to_string()))?
-        };
+        let mut config = kube::Config::infer()
+            .await
+            .map_err(|e| SecretSetupError::NoCluster(e.to_string()))?;
+        config.default_retry = false;
         config.connect_timeout = Some(output.timeout);
         config.read_timeout = Some(output.timeout);
         config.write_timeout = Some(output.timeout);
@@ -193,6 +192,7 @@ impl SecretSink {
             name: output.name.clone(),
             namespace,
             key: output.key.clone(),
+            timeout: output.timeout,
         })
     }
 
@@ -200,13 +200,11 @@ impl SecretSink {
     pub async fn write(&self, token: &Token) -> Result<(), SecretError> {
         let expires_at = humantime::format_rfc3339_millis(token.expires_at()).to_string();
         let secret = Secret {
+            // No labels: the Secret may belong to a Helm release, whose managed-by label must
+            // stay as Helm set it.
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 namespace: Some(self.namespace.clone()),
-                labels: Some(BTreeMap::from([(
-                    MANAGED_BY.0.to_owned(),
-                    MANAGED_BY.1.to_owned(),
-                )])),
                 ..ObjectMeta::default()
             },
             data: Some(BTreeMap::from([
@@ -222,11 +220,12 @@ impl SecretSink {
             ..Secret::default()
         };
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.api
-            .patch(&self.name, &params, &Patch::Apply(&secret))
-            .await
-            .map(drop)
-            .map_err(|e| self.classify(e))
+        let patch = Patch::Apply(&secret);
+        let apply = self.api.patch(&self.name, &params, &patch);
+        match tokio::time::timeout(self.timeout, apply).await {
+            Ok(applied) => applied.map(drop).map_err(|e| self.classify(e)),
+            Err(_) => Err(SecretError::TimedOut(self.timeout)),
+        }
     }
 
     fn classify(&self, error: kube::Error) -> SecretError {

@@ -256,7 +256,7 @@ as_sa() {
 }
 apply_body() { # the kind of body the daemon sends: only its keys, label, no read
     cat <<EOF
-{"apiVersion":"v1","kind":"Secret","metadata":{"name":"$1","namespace":"${RBAC_NAMESPACE}","labels":{"app.kubernetes.io/managed-by":"fiskil-token-refresher"}},"type":"Opaque","stringData":{"token":"$2","expires_at":"2030-01-01T00:00:00Z"}}
+{"apiVersion":"v1","kind":"Secret","metadata":{"name":"$1","namespace":"${RBAC_NAMESPACE}"},"type":"Opaque","stringData":{"token":"$2","expires_at":"2030-01-01T00:00:00Z"}}
 EOF
 }
 ssa_path() { echo "/api/v1/namespaces/${RBAC_NAMESPACE}/secrets/$1?fieldManager=fiskil-token-refresher"; }

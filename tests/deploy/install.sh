@@ -141,4 +141,39 @@ check "cannot touch Secrets in another namespace (403)" expect 403 PATCH "/api/v
 no_secret_in_logs() { ! grep -qE "${client_secret}|tok-[0-9]{4}-" "${work}/daemon.log"; }
 check "the daemon's logs hold neither the client secret nor a token" no_secret_in_logs
 
+# A token Secret that a Helm release created: the daemon's apply must leave Helm's ownership
+# labels alone, so the release can still be upgraded and keeps owning it.
+owner_chart="${work}/owner-chart"
+mkdir -p "${owner_chart}/templates"
+printf 'apiVersion: v2\nname: token-owner\nversion: 0.1.0\n' >"${owner_chart}/Chart.yaml"
+cat >"${owner_chart}/templates/secret.yaml" <<'EOF'
+apiVersion: v1
+kind: Secret
+metadata:
+  name: helm-owned-token
+  annotations:
+    revision: {{ .Values.revision | quote }}
+type: Opaque
+EOF
+check "a release that creates the token Secret installs" \
+    "${helm}" install owner "${owner_chart}" -n "${namespace}" --set revision=1
+"${daemon_bin}" --once --secret-name helm-owned-token --secret-namespace "${namespace}" \
+    --token-url "https://localhost:${port}/v1/token" --ca-file "${work}/stand-in-ca.pem" \
+    --client-id-file "${work}/credentials/client_id" --client-secret-file "${work}/credentials/client_secret" \
+    --listen 127.0.0.1:0 >"${work}/owner-daemon.log" 2>&1
+helm_owns() {
+    local labels
+    labels="$(k -n "${namespace}" get secret helm-owned-token -o 'jsonpath={.metadata.labels.app\.kubernetes\.io/managed-by} {.metadata.annotations.meta\.helm\.sh/release-name}')"
+    echo "managed-by and release: ${labels}"
+    [[ ${labels} == "Helm owner" ]]
+}
+owned_token() { [[ $(k -n "${namespace}" get secret helm-owned-token -o 'jsonpath={.data.token}' | base64 -d) == tok-* ]]; }
+check "the daemon wrote the token into the release's Secret" owned_token
+check "Helm's ownership labels are untouched by the daemon's apply" helm_owns
+check "helm upgrade of that release still succeeds" \
+    "${helm}" upgrade owner "${owner_chart}" -n "${namespace}" --set revision=2
+check "after the upgrade Helm still owns the Secret" helm_owns
+check "and the token key survived the upgrade" owned_token
+"${helm}" uninstall owner -n "${namespace}" >/dev/null 2>&1 || true
+
 check_summary
