@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Proves the chart's alerts and Grafana dashboard with real tools.
+#
+#   tests/deploy/alerts.sh
+#
+# - renders the PrometheusRule with each value set a test file in
+#   tests/deploy/alerts/ names ("# values: FILE" from tests/deploy/values/),
+#   runs "promtool check rules" on its spec and "promtool test rules" with that
+#   test file, which feeds synthetic series and asserts which alerts fire, when,
+#   with which labels and summary, and which do not;
+# - negative control: the default tests must fail against rules rendered with a
+#   lower expiry threshold;
+# - every alert has a severity, summary, a description saying what to check and
+#   a runbook pointer, and a runbook section in the chart README and the main
+#   README;
+# - runs the daemon (debug build, or FISKIL_TEST_BINARY) against the HTTPS
+#   stand-in, scrapes its /metrics, and checks that the dashboard and the alerts
+#   use only metric names the scrape declares (the leader gauge, not exported
+#   yet, only in the leader alerts), with a negative control;
+# - runs a real Prometheus (the same Debian package as promtool) that scrapes
+#   the daemon and evaluates the rules: every dashboard query is valid PromQL and
+#   returns data, no alert fires while the token endpoint is healthy, and
+#   FiskilCredentialsRejected fires once the stand-in rejects the credentials.
+#
+# Needs promtool and prometheus (Debian: apt-get install prometheus; or
+# FISKIL_PROMTOOL / FISKIL_PROMETHEUS), Go for helm, python3, cargo.
+# Prints one line per check and "N passed, M failed".
+set -euo pipefail
+# shellcheck source=tests/deploy/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RELEASE=fiskil-token-refresher
+NAMESPACE=fiskil
+
+PROMTOOL="${FISKIL_PROMTOOL:-$(command -v promtool || true)}"
+PROMETHEUS="${FISKIL_PROMETHEUS:-$(command -v prometheus || true)}"
+[[ -x ${PROMTOOL} ]] || deploy_die "promtool not found: apt-get install prometheus (Debian), or set FISKIL_PROMTOOL"
+[[ -x ${PROMETHEUS} ]] || deploy_die "prometheus not found: apt-get install prometheus (Debian), or set FISKIL_PROMETHEUS"
+HELM="$("${DEPLOY_TESTS_DIR}/helm.sh")"
+PYTHON="$(with_tool_lock venv venv_python)"
+MON=("${PYTHON}" "${DEPLOY_TESTS_DIR}/check_monitoring.py")
+deploy_log "$("${PROMTOOL}" --version 2>&1 | head -n 1), $("${HELM}" version --short)"
+
+(cd "${REPO_ROOT}" && cargo build --locked --workspace --quiet) || deploy_die "cargo build --workspace failed"
+daemon_bin="${FISKIL_TEST_BINARY:-${REPO_ROOT}/target/debug/fiskil-token-refresher}"
+stand_in_bin="${REPO_ROOT}/target/debug/fiskil-stand-in"
+
+out="$(mktemp -d)"
+pids=()
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do kill "${pid}" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "${out}"
+}
+trap cleanup EXIT
+
+render_rules() { # render_rules VALUES OUT_FILE [--set ...]: the PrometheusRule alone
+    local values="$1" file="$2"
+    shift 2
+    "${HELM}" template "${RELEASE}" "${CHART_DIR}" --namespace "${NAMESPACE}" -f "${values}" "$@" \
+        --show-only templates/prometheusrule.yaml >"${file}"
+}
+
+# ------------------------------------------------- promtool, per value set ---
+for test_file in "${DEPLOY_TESTS_DIR}"/alerts/*.test.yaml; do
+    name="$(basename "${test_file}" .test.yaml)"
+    values="$(sed -n 's/^# values: //p' "${test_file}" | head -n 1)"
+    dir="${out}/${name}"
+    mkdir -p "${dir}"
+    if [[ -z ${values} || ! -f ${DEPLOY_TESTS_DIR}/values/${values} ]]; then
+        check "alerts/${name}.test.yaml names a value set (# values: FILE)" false
+        continue
+    fi
+    check "render the PrometheusRule with values/${values}" \
+        render_rules "${DEPLOY_TESTS_DIR}/values/${values}" "${dir}/rendered.yaml"
+    check "values/${values}: alerts have severity, summary, what to check, runbook" \
+        "${MON[@]}" annotations "${dir}/rendered.yaml"
+    check "values/${values}: each alert has a runbook section in the chart README and the README" \
+        "${MON[@]}" runbooks "${dir}/rendered.yaml" "${CHART_DIR}/README.md" "${REPO_ROOT}/README.md"
+    "${MON[@]}" rules "${dir}/rendered.yaml" "${dir}" >/dev/null
+    check "values/${values}: promtool check rules" "${PROMTOOL}" check rules "${dir}/rules-full.yaml"
+    cp "${test_file}" "${dir}/test.yaml"
+    check "promtool test rules alerts/${name}.test.yaml" \
+        bash -c 'cd "$1" && "$2" test rules test.yaml' _ "${dir}" "${PROMTOOL}"
+done
+
+# The tests can fail: one alert's threshold lowered, the default tests must notice.
+mutant_fails() {
+    local dir="${out}/mutant"
+    mkdir -p "${dir}"
+    render_rules "${DEPLOY_TESTS_DIR}/values/prometheusrule-defaults.yaml" "${dir}/rendered.yaml" \
+        --set prometheusRule.tokenExpiringSoon.thresholdSeconds=59
+    "${MON[@]}" rules "${dir}/rendered.yaml" "${dir}" >/dev/null
+    cp "${DEPLOY_TESTS_DIR}/alerts/defaults.test.yaml" "${dir}/test.yaml"
+    ! (cd "${dir}" && "${PROMTOOL}" test rules test.yaml)
+}
+check "negative control: promtool test rules fails when the expiry threshold is 59 s, not 120 s" mutant_fails
+no_leader_alerts_by_default() { ! grep -q 'NoLeader\|MultipleLeaders' "${out}/defaults/rules-full.yaml"; }
+check "no leader alerts unless leaderElection.enabled" no_leader_alerts_by_default
+
+# -------------------------------------------- the daemon's real /metrics ---
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+client_id="alerts-client"
+client_secret="alerts-secret-$$"
+mkdir -p "${out}/credentials" "${out}/tokens"
+printf '%s' "${client_id}" >"${out}/credentials/client_id"
+printf '%s' "${client_secret}" >"${out}/credentials/client_secret"
+stand_in_port="$(free_port)"
+"${stand_in_bin}" --listen "127.0.0.1:${stand_in_port}" --ca-out "${out}/stand-in-ca.pem" --expires-in 600 \
+    --control --client-id "${client_id}" --client-secret "${client_secret}" >"${out}/stand-in.log" 2>&1 &
+pids+=($!)
+daemon_port="$(free_port)"
+for _ in $(seq 1 50); do [[ -s ${out}/stand-in-ca.pem ]] && break; sleep 0.1; done
+"${daemon_bin}" --token-url "https://localhost:${stand_in_port}/v1/token" --ca-file "${out}/stand-in-ca.pem" \
+    --client-id-file "${out}/credentials/client_id" --client-secret-file "${out}/credentials/client_secret" \
+    --token-file "${out}/tokens/token" --listen "127.0.0.1:${daemon_port}" \
+    --backoff-initial 200ms --backoff-max 1s >"${out}/daemon.log" 2>&1 &
+pids+=($!)
+
+scrape() { # a scrape after the first token is on disk
+    local i
+    for i in $(seq 1 100); do
+        if [[ -s ${out}/tokens/token ]] &&
+            curl -fsS "http://127.0.0.1:${daemon_port}/metrics" >"${out}/metrics.txt" 2>/dev/null &&
+            grep -q '^fiskil_token_refresher_output_token_expiry_timestamp_seconds{output="file"}' "${out}/metrics.txt"; then
+            grep '^# TYPE' "${out}/metrics.txt"
+            return 0
+        fi
+        sleep 0.1
+    done
+    cat "${out}/daemon.log"
+    return 1
+}
+check "scrape of the running daemon's /metrics" scrape
+check "the dashboard and the default alerts use only metrics the scrape declares" \
+    "${MON[@]}" names "${out}/metrics.txt" --dashboard "${CHART_DIR}/dashboards/fiskil-token-refresher.json" \
+    --rules "${out}/defaults/rendered.yaml"
+check "with leader election, only the leader alerts use the (not yet exported) leader gauge" \
+    "${MON[@]}" names "${out}/metrics.txt" --rules "${out}/monitoring/rendered.yaml" \
+    --unexported-in-alerts fiskil_token_refresher_leader=FiskilTokenRefresherNoLeader,FiskilTokenRefresherMultipleLeaders
+bogus_name_caught() {
+    sed 's/fiskil_token_refresher_credential_reloads_total/fiskil_token_refresher_credential_reload_total/' \
+        "${CHART_DIR}/dashboards/fiskil-token-refresher.json" >"${out}/bogus-dashboard.json"
+    ! "${MON[@]}" names "${out}/metrics.txt" --dashboard "${out}/bogus-dashboard.json"
+}
+check "negative control: a dashboard query of a metric the binary lacks is caught" bogus_name_caught
+
+check_summary
