@@ -51,7 +51,7 @@ cleanup() {
     local pid
     for pid in "${pids[@]}"; do kill "${pid}" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "${out}"
+    [[ -n ${FISKIL_KEEP:-} ]] || rm -rf "${out}"
 }
 trap cleanup EXIT
 
@@ -118,7 +118,8 @@ for _ in $(seq 1 50); do [[ -s ${out}/stand-in-ca.pem ]] && break; sleep 0.1; do
     --client-id-file "${out}/credentials/client_id" --client-secret-file "${out}/credentials/client_secret" \
     --token-file "${out}/tokens/token" --listen "127.0.0.1:${daemon_port}" \
     --backoff-initial 200ms --backoff-max 1s >"${out}/daemon.log" 2>&1 &
-pids+=($!)
+daemon_pid=$!
+pids+=("${daemon_pid}")
 
 scrape() { # a scrape after the first token is on disk
     local i
@@ -147,5 +148,69 @@ bogus_name_caught() {
     ! "${MON[@]}" names "${out}/metrics.txt" --dashboard "${out}/bogus-dashboard.json"
 }
 check "negative control: a dashboard query of a metric the binary lacks is caught" bogus_name_caught
+
+# ------------------------------------ a real Prometheus against the daemon ---
+# It scrapes the daemon every second with the labels the chart's ServiceMonitor
+# gives (job = the Service name, namespace), and evaluates the default rules.
+prometheus_port="$(free_port)"
+prom="http://127.0.0.1:${prometheus_port}"
+cp "${out}/defaults/rules-full.yaml" "${out}/live-rules.yaml"
+cat >"${out}/prometheus.yml" <<EOF
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: [live-rules.yaml]
+scrape_configs:
+  - job_name: ${RELEASE}
+    static_configs:
+      - targets: ["127.0.0.1:${daemon_port}"]
+        labels: {namespace: ${NAMESPACE}, pod: ${RELEASE}-0}
+EOF
+"${PROMETHEUS}" --config.file="${out}/prometheus.yml" --storage.tsdb.path="${out}/tsdb" \
+    --web.listen-address="127.0.0.1:${prometheus_port}" --log.level=warn >"${out}/prometheus.log" 2>&1 &
+pids+=($!)
+control() { # control JSON: set the stand-in's behaviour
+    curl -fsS --cacert "${out}/stand-in-ca.pem" -H 'Content-Type: application/json' \
+        -d "$1" "https://localhost:${stand_in_port}/control/behaviour"
+}
+scraped() { # three scrapes of the daemon in Prometheus's database
+    local i
+    for i in $(seq 1 60); do
+        curl -fsS "${prom}/api/v1/query" --data-urlencode \
+            "query=count_over_time(up{job=\"${RELEASE}\"}[1m]) >= 3 and up{job=\"${RELEASE}\"} == 1" 2>/dev/null |
+            grep -q '"value"' && return 0
+        sleep 0.5
+    done
+    cat "${out}/prometheus.log"
+    return 1
+}
+check "Prometheus ($("${PROMETHEUS}" --version 2>&1 | head -n 1 | cut -d' ' -f3)) scrapes the daemon" scraped
+check "Prometheus evaluates every default alert without error" "${MON[@]}" live-rules "${prom}" 7
+check "healthy endpoint, 600 s tokens: no alert firing or pending" "${MON[@]}" live-alerts "${prom}"
+# Tokens of 30 s: the file output's token always expires within 120 s.
+check "stand-in issues 30 s tokens" control '{"behaviour":"issue","expires_in":30}'
+kill -HUP "${daemon_pid}"
+check "FiskilTokenExpiringSoon fires for output file" \
+    "${MON[@]}" live-alerts "${prom}" FiskilTokenExpiringSoon:output=file --wait 30
+check "stand-in rejects the credentials (401)" control '{"behaviour":"fail","status":401}'
+kill -HUP "${daemon_pid}"
+check "FiskilCredentialsRejected fires" \
+    "${MON[@]}" live-alerts "${prom}" FiskilTokenExpiringSoon:output=file FiskilCredentialsRejected --wait 30
+check "every dashboard query returns data from the real scrape, with all selected" \
+    "${MON[@]}" live-queries "${prom}" "${CHART_DIR}/dashboards/fiskil-token-refresher.json"
+check "... and with the namespace, job and pod a person would pick" \
+    "${MON[@]}" live-queries "${prom}" "${CHART_DIR}/dashboards/fiskil-token-refresher.json" \
+    "namespace=${NAMESPACE}" "job=${RELEASE}" "pod=${RELEASE}-0"
+wrong_label_caught() { # a panel filtering on a label the series lack returns nothing
+    sed 's/pod=~\\"$pod\\"/kubernetes_pod_name=~\\"$pod\\"/g' \
+        "${CHART_DIR}/dashboards/fiskil-token-refresher.json" >"${out}/wrong-label.json"
+    grep -q kubernetes_pod_name "${out}/wrong-label.json" || return 1
+    local report rc=0
+    report="$("${MON[@]}" live-queries "${prom}" "${out}/wrong-label.json" "pod=${RELEASE}-0")" || rc=$?
+    grep '^FAIL' <<<"${report}"
+    # Caught as empty answers to valid queries, not as errors.
+    [[ ${rc} -ne 0 ]] && grep -q '^FAIL .*: 0 series from' <<<"${report}" && ! grep -q 'HTTP Error' <<<"${report}"
+}
+check "negative control: a dashboard filtering on a label the series lack is caught" wrong_label_caught
+no_secret_in_logs() { ! grep -qE "${client_secret}|tok-[0-9]{4}-" "${out}/daemon.log"; }
+check "the daemon's logs hold neither the client secret nor a token" no_secret_in_logs
 
 check_summary

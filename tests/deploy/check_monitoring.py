@@ -20,16 +20,29 @@
         the scrape declares; a name the binary does not export yet may appear
         only in the alerts named for it. Every dashboard panel queries at least
         one exported metric.
-    check_monitoring.py queries JSON
+    check_monitoring.py queries JSON [VARIABLE=VALUE ...]
         Prints one line per dashboard query, "PANEL<TAB>EXPR", with the
-        dashboard's variables replaced by match-all values and a 1m interval.
+        dashboard's variables replaced by the values given (others match all)
+        and a 1m interval.
+    check_monitoring.py live-queries PROMETHEUS_URL JSON [VARIABLE=VALUE ...]
+        Every dashboard query evaluates on a real Prometheus and returns data.
+    check_monitoring.py live-rules PROMETHEUS_URL COUNT
+        The Prometheus has loaded COUNT alerting rules and none failed to evaluate.
+    check_monitoring.py live-alerts PROMETHEUS_URL [ALERT[:LABEL=VALUE] ...] [--wait SECONDS]
+        Exactly these alerts (state firing; the label given must match) and no
+        other Fiskil* alert, firing or pending; with --wait, polls until so.
 
 Prints "ok   ..." / "FAIL ..." lines; exits 1 if any check failed.
 """
 
+import contextlib
+import io
 import json
 import re
 import sys
+import time
+import urllib.parse
+import urllib.request
 
 import yaml
 
@@ -175,12 +188,15 @@ def cmd_names(metrics_path, dashboard, rendered, unexported):
     return 1 if ck.failed else 0
 
 
-def cmd_queries(dashboard):
+def cmd_queries(dashboard, *values):
     dash = json.load(open(dashboard))
     subst = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
     for v in dash["templating"]["list"]:
         if v.get("type") == "query":
             subst["$" + v["name"]] = ".*"
+    for pair in values:
+        name, value = pair.split("=", 1)
+        subst["$" + name] = value
     for title, expr in dashboard_queries(dash):
         if title.startswith("variable "):
             m = re.match(r"label_values\((.*),\s*\w+\)$", expr)
@@ -189,6 +205,67 @@ def cmd_queries(dashboard):
             expr = expr.replace(k, subst[k])
         print(f"{title}\t{expr}")
     return 0
+
+
+def prometheus_get(url, path, **params):
+    with urllib.request.urlopen(f"{url}{path}?{urllib.parse.urlencode(params)}", timeout=10) as r:
+        body = json.load(r)
+    if body.get("status") != "success":
+        raise RuntimeError(f"{path}: {body}")
+    return body["data"]
+
+
+def cmd_live_queries(url, dashboard, *values):
+    ck = Checker()
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        cmd_queries(dashboard, *values)
+    for line in text.getvalue().splitlines():
+        title, expr = line.split("\t", 1)
+        try:
+            result = prometheus_get(url, "/api/v1/query", query=expr)["result"]
+            ck.check(f"dashboard \"{title}\": {len(result)} series from {expr}", result)
+        except (OSError, RuntimeError, ValueError) as e:  # a PromQL error fails the check
+            ck.check(f"dashboard \"{title}\": {expr}", False, str(e))
+    return 1 if ck.failed else 0
+
+
+def cmd_live_rules(url, count):
+    ck = Checker()
+    rules = [r for g in prometheus_get(url, "/api/v1/rules")["groups"] for r in g["rules"]]
+    ck.check(f"Prometheus loaded {count} alerting rules", len(rules) == int(count), str(len(rules)))
+    for r in rules:
+        ck.check(f"{r['name']}: evaluated without error (health {r.get('health')})",
+                 r.get("health") == "ok", r.get("lastError", ""))
+    return 1 if ck.failed else 0
+
+
+def cmd_live_alerts(url, args):
+    wait = 0.0
+    if "--wait" in args:
+        at = args.index("--wait")
+        wait = float(args[at + 1])
+        args = args[:at] + args[at + 2:]
+    want = {}
+    for a in args:
+        name, _, label = a.partition(":")
+        want[name] = label.split("=", 1) if label else None
+    deadline = time.monotonic() + wait
+    while True:
+        got = [a for a in prometheus_get(url, "/api/v1/alerts")["alerts"]
+               if a["labels"].get("alertname", "").startswith("Fiskil")]
+        names = {a["labels"]["alertname"] for a in got}
+        ok = names == set(want) and all(
+            a["state"] == "firing" and (want[n] is None or a["labels"].get(want[n][0]) == want[n][1])
+            for a in got for n in [a["labels"]["alertname"]])
+        if ok or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    for a in got:
+        print(f"     {a['state']} {a['labels']}")
+    ck = Checker()
+    ck.check(f"alerts firing: {', '.join(args) or 'none'}", ok)
+    return 1 if ck.failed else 0
 
 
 def main(argv):
@@ -205,6 +282,12 @@ def main(argv):
         return cmd_exported(*args)
     if cmd == "queries":
         return cmd_queries(*args)
+    if cmd == "live-queries":
+        return cmd_live_queries(*args)
+    if cmd == "live-rules":
+        return cmd_live_rules(*args)
+    if cmd == "live-alerts":
+        return cmd_live_alerts(args[0], args[1:])
     if cmd == "names":
         metrics_path, dashboard, rendered, unexported = args[0], None, None, {}
         rest = iter(args[1:])
