@@ -127,7 +127,7 @@ scrape() { # a scrape after the first token is on disk
         if [[ -s ${out}/tokens/token ]] &&
             curl -fsS "http://127.0.0.1:${daemon_port}/metrics" >"${out}/metrics.txt" 2>/dev/null &&
             grep -q '^fiskil_token_refresher_output_token_expiry_timestamp_seconds{output="file"}' "${out}/metrics.txt"; then
-            grep '^# TYPE' "${out}/metrics.txt"
+            "${MON[@]}" exported "${out}/metrics.txt"
             return 0
         fi
         sleep 0.1
@@ -173,7 +173,7 @@ control() { # control JSON: set the stand-in's behaviour
 }
 scraped() { # three scrapes of the daemon in Prometheus's database
     local i
-    for i in $(seq 1 60); do
+    for i in $(seq 1 120); do
         curl -fsS "${prom}/api/v1/query" --data-urlencode \
             "query=count_over_time(up{job=\"${RELEASE}\"}[1m]) >= 3 and up{job=\"${RELEASE}\"} == 1" 2>/dev/null |
             grep -q '"value"' && return 0
@@ -189,11 +189,11 @@ check "healthy endpoint, 600 s tokens: no alert firing or pending" "${MON[@]}" l
 check "stand-in issues 30 s tokens" control '{"behaviour":"issue","expires_in":30}'
 kill -HUP "${daemon_pid}"
 check "FiskilTokenExpiringSoon fires for output file" \
-    "${MON[@]}" live-alerts "${prom}" FiskilTokenExpiringSoon:output=file --wait 30
+    "${MON[@]}" live-alerts "${prom}" FiskilTokenExpiringSoon:output=file --wait 60
 check "stand-in rejects the credentials (401)" control '{"behaviour":"fail","status":401}'
 kill -HUP "${daemon_pid}"
 check "FiskilCredentialsRejected fires" \
-    "${MON[@]}" live-alerts "${prom}" FiskilTokenExpiringSoon:output=file FiskilCredentialsRejected --wait 30
+    "${MON[@]}" live-alerts "${prom}" FiskilTokenExpiringSoon:output=file FiskilCredentialsRejected --wait 60
 check "every dashboard query returns data from the real scrape, with all selected" \
     "${MON[@]}" live-queries "${prom}" "${CHART_DIR}/dashboards/fiskil-token-refresher.json"
 check "... and with the namespace, job and pod a person would pick" \
