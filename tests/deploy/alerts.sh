@@ -63,6 +63,7 @@ render_rules() { # render_rules VALUES OUT_FILE [--set ...]: the PrometheusRule 
 }
 
 # ------------------------------------------------- promtool, per value set ---
+promtool_test() { (cd "$1" && "${PROMTOOL}" test rules test.yaml); } # the test names rules.yaml
 for test_file in "${DEPLOY_TESTS_DIR}"/alerts/*.test.yaml; do
     name="$(basename "${test_file}" .test.yaml)"
     values="$(sed -n 's/^# values: //p' "${test_file}" | head -n 1)"
@@ -79,8 +80,7 @@ for test_file in "${DEPLOY_TESTS_DIR}"/alerts/*.test.yaml; do
     "${MON[@]}" rules "${dir}/rendered.yaml" "${dir}" >/dev/null
     check "values/${values}: promtool check rules" "${PROMTOOL}" check rules "${dir}/rules-full.yaml"
     cp "${test_file}" "${dir}/test.yaml"
-    check "promtool test rules alerts/${name}.test.yaml" \
-        bash -c 'cd "$1" && "$2" test rules test.yaml' _ "${dir}" "${PROMTOOL}"
+    check "promtool test rules alerts/${name}.test.yaml" promtool_test "${dir}"
 done
 
 # monitoring.yaml turns every alert on: each has its runbook, and only they do.
@@ -122,8 +122,7 @@ daemon_pid=$!
 pids+=("${daemon_pid}")
 
 scrape() { # a scrape after the first token is on disk
-    local i
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         if [[ -s ${out}/tokens/token ]] &&
             curl -fsS "http://127.0.0.1:${daemon_port}/metrics" >"${out}/metrics.txt" 2>/dev/null &&
             grep -q '^fiskil_token_refresher_output_token_expiry_timestamp_seconds{output="file"}' "${out}/metrics.txt"; then
@@ -172,8 +171,7 @@ control() { # control JSON: set the stand-in's behaviour
         -d "$1" "https://localhost:${stand_in_port}/control/behaviour"
 }
 scraped() { # three scrapes of the daemon in Prometheus's database
-    local i
-    for i in $(seq 1 120); do
+    for _ in $(seq 1 120); do
         curl -fsS "${prom}/api/v1/query" --data-urlencode \
             "query=count_over_time(up{job=\"${RELEASE}\"}[1m]) >= 3 and up{job=\"${RELEASE}\"} == 1" 2>/dev/null |
             grep -q '"value"' && return 0
@@ -200,6 +198,7 @@ check "... and with the namespace, job and pod a person would pick" \
     "${MON[@]}" live-queries "${prom}" "${CHART_DIR}/dashboards/fiskil-token-refresher.json" \
     "namespace=${NAMESPACE}" "job=${RELEASE}" "pod=${RELEASE}-0"
 wrong_label_caught() { # a panel filtering on a label the series lack returns nothing
+    # shellcheck disable=SC2016 # $pod is the dashboard's variable
     sed 's/pod=~\\"$pod\\"/kubernetes_pod_name=~\\"$pod\\"/g' \
         "${CHART_DIR}/dashboards/fiskil-token-refresher.json" >"${out}/wrong-label.json"
     grep -q kubernetes_pod_name "${out}/wrong-label.json" || return 1
