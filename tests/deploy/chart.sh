@@ -204,6 +204,12 @@ check "checker catches a token volume on disk instead of in memory" mutant_caugh
     'next(d for d in deployments() if d["metadata"]["name"].endswith("-example"))["spec"]["template"]["spec"]["volumes"][-1]["emptyDir"].pop("medium")'
 check "checker catches strategy RollingUpdate" mutant_caught standalone-default \
     'deployments()[0]["spec"]["strategy"]["type"] = "RollingUpdate"'
+check "checker catches a dashboard ConfigMap without the sidecar label" mutant_caught monitoring \
+    'next(d for d in docs if d["kind"] == "ConfigMap")["metadata"]["labels"].pop("grafana_dashboard")'
+check "checker catches missing leader alerts when leaderElection.enabled" mutant_caught monitoring \
+    'r = next(d for d in docs if d["kind"] == "PrometheusRule")["spec"]["groups"][0]; r["rules"] = [x for x in r["rules"] if "Leader" not in x["alert"]]'
+check "checker catches an alert that ignores prometheusRule.selector" mutant_caught monitoring \
+    'r = next(d for d in docs if d["kind"] == "PrometheusRule")["spec"]["groups"][0]["rules"][0]; r["expr"] = r["expr"].replace("namespace=\"payments\", ", "")'
 check "checker catches an extra object" mutant_caught standalone-default \
     'docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "fiskil", "labels": {}}})'
 

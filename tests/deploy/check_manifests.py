@@ -16,6 +16,7 @@ the value set; for deploy/ they come from the manifests' own consistency
 import argparse
 import base64
 import copy
+import json
 import posixpath
 import sys
 
@@ -371,6 +372,54 @@ def check_service_monitor(ck, objs, writer, expect):
         ck.check(f"{mw}: label {k}={v}", sm["metadata"].get("labels", {}).get(k) == v)
 
 
+ALERTS = ("FiskilTokenExpiringSoon", "FiskilTokenExpired", "FiskilTokenOutputWriteFailing",
+          "FiskilCredentialsRejected", "FiskilTokenRefreshFailing", "FiskilTokenRefresherDown",
+          "FiskilTokenRefresherAbsent")
+LEADER_ALERTS = ("FiskilTokenRefresherNoLeader", "FiskilTokenRefresherMultipleLeaders")
+
+
+def check_monitoring(ck, objs, exp, args):
+    """The PrometheusRule and the dashboard ConfigMap: where they go, their labels, and what
+    the values put in them (tests/deploy/alerts.sh checks what the alerts do)."""
+    v = exp["values"]
+    pr = v["prometheusRule"]
+    for rule in (o for o in objs if o["kind"] == "PrometheusRule"):
+        rw = f"PrometheusRule/{rule['metadata']['name']}"
+        ck.check(f"{rw}: apiVersion monitoring.coreos.com/v1", rule.get("apiVersion") == "monitoring.coreos.com/v1")
+        ns = pr["namespace"] or args.namespace
+        ck.check(f"{rw}: in namespace {ns}", rule["metadata"].get("namespace") == ns)
+        for k, val in (pr["labels"] or {}).items():
+            ck.check(f"{rw}: label {k}={val}", rule["metadata"]["labels"].get(k) == val)
+        rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+        want = set(ALERTS) | (set(LEADER_ALERTS) if v["leaderElection"]["enabled"] else set())
+        ck.check(f"{rw}: alerts {', '.join(sorted(want))}", {r.get("alert") for r in rules} == want,
+                 str(sorted(r.get("alert") for r in rules)))
+        selector = pr["selector"] or f'job="{exp["fullname"]}",namespace="{args.namespace}"'
+        for r in rules:
+            ck.check(f"{rw}: {r['alert']} selects {{{selector}}}", "{" + selector in r["expr"], r["expr"])
+            for k, val in (pr["additionalAlertLabels"] or {}).items():
+                ck.check(f"{rw}: {r['alert']} label {k}={val}", r["labels"].get(k) == val)
+    for cm in (o for o in objs if o["kind"] == "ConfigMap"):
+        cw = f"ConfigMap/{cm['metadata']['name']}"
+        d = v["dashboard"]
+        ns = d["namespace"] or args.namespace
+        ck.check(f"{cw}: in namespace {ns}", cm["metadata"].get("namespace") == ns)
+        for k, val in (d["labels"] or {}).items():
+            ck.check(f"{cw}: sidecar label {k}={val}", cm["metadata"]["labels"].get(k) == val)
+        for k, val in (d["annotations"] or {}).items():
+            ck.check(f"{cw}: annotation {k}", (cm["metadata"].get("annotations") or {}).get(k) == val)
+        data = cm.get("data") or {}
+        ck.check(f"{cw}: one .json key", list(data) == ["fiskil-token-refresher.json"], str(list(data)))
+        try:
+            dash = json.loads(data.get("fiskil-token-refresher.json", ""))
+        except ValueError as e:
+            ck.check(f"{cw}: the dashboard is JSON", False, str(e))
+            continue
+        ids = [p.get("id") for p in dash.get("panels", [])]
+        ck.check(f"{cw}: dashboard uid, title and {len(ids)} panels with distinct ids",
+                 dash.get("uid") and dash.get("title") and ids and len(set(ids)) == len(ids))
+
+
 def is_writer(obj):
     spec = pod_spec(obj) if obj["kind"] == "Deployment" else None
     if not spec:
@@ -457,6 +506,10 @@ def run_chart(ck, objs, args):
         want += [("Deployment", f"{exp['fullname']}-example"), ("ServiceAccount", f"{exp['fullname']}-example")]
     if exp["createCredentials"] and (v["standalone"]["enabled"] or v["example"]["enabled"]):
         want.append(("Secret", exp["credentialsSecret"]))
+    if v["prometheusRule"]["enabled"]:
+        want.append(("PrometheusRule", exp["fullname"]))
+    if v["dashboard"]["enabled"]:
+        want.append(("ConfigMap", f"{exp['fullname']}-dashboard"))
     got = sorted((o["kind"], o["metadata"]["name"]) for o in objs)
     ck.check(f"renders exactly {len(want)} objects: {', '.join(k for k, _ in sorted(want))}",
              got == sorted(want), f"got {got}")
@@ -468,7 +521,7 @@ def run_chart(ck, objs, args):
         ck.check(f"{o['kind']}/{o['metadata']['name']}: managed-by Helm, instance {args.release}",
                  labels.get("app.kubernetes.io/managed-by") == "Helm"
                  and labels.get("app.kubernetes.io/instance") == args.release)
-        if o["kind"] not in ("Role", "RoleBinding", "ServiceMonitor"):
+        if o["kind"] not in ("Role", "RoleBinding", "ServiceMonitor", "PrometheusRule", "ConfigMap"):
             ck.check(f"{o['kind']}/{o['metadata']['name']}: in the release namespace {args.namespace}",
                      o["metadata"].get("namespace") == args.namespace)
         if o["kind"] == "Deployment":
@@ -507,6 +560,8 @@ def run_chart(ck, objs, args):
                      base64.b64decode(data.get("client_id", "")).decode() == v["credentials"]["clientId"]
                      and base64.b64decode(data.get("client_secret", "")).decode()
                      == v["credentials"]["clientSecret"])
+
+    check_monitoring(ck, objs, exp, args)
 
     workloads = [o for o in objs if pod_spec(o) is not None]
     ck.check("has at least one workload", bool(workloads))

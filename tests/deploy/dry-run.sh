@@ -11,8 +11,8 @@
 #   tests/cluster/down.sh /tmp/fiskil-cluster-chart
 #
 # What it does to the cluster (meant for a throwaway one): creates the
-# namespaces the manifests use (labelled restricted), a ServiceMonitor CRD
-# stand-in, a PriorityClass, the ServiceAccounts (pods are admitted only with
+# namespaces the manifests use (labelled restricted), ServiceMonitor and
+# PrometheusRule CRD stand-ins, a PriorityClass, the ServiceAccounts (pods are admitted only with
 # an existing ServiceAccount), and, for the RBAC check, the standalone writer's
 # Role and RoleBinding in a namespace of its own.
 #
@@ -132,17 +132,18 @@ PY
 # ------------------------------------------------------------- fixtures ---
 check "namespaces created, labelled enforce=restricted ($(grep -c '^kind: Namespace' "${out}/namespaces.yaml"))" \
     k apply -f "${out}/namespaces.yaml"
-crd_ready() {
-    k apply -f "${DEPLOY_TESTS_DIR}/fixtures/servicemonitor-crd.yaml" &&
-        k wait --for condition=established --timeout=60s crd/servicemonitors.monitoring.coreos.com &&
+crd_ready() { # crd_ready FIXTURE PLURAL
+    k apply -f "${DEPLOY_TESTS_DIR}/fixtures/$1" &&
+        k wait --for condition=established --timeout=60s "crd/$2.monitoring.coreos.com" &&
         # Discovery may lag behind "established".
         for _ in $(seq 1 30); do
-            k api-resources --api-group=monitoring.coreos.com 2>/dev/null | grep -q servicemonitors && return 0
+            k api-resources --api-group=monitoring.coreos.com 2>/dev/null | grep -qw "$2" && return 0
             sleep 1
         done
     return 1
 }
-check "fixture: ServiceMonitor CRD stand-in established" crd_ready
+check "fixture: ServiceMonitor CRD stand-in established" crd_ready servicemonitor-crd.yaml servicemonitors
+check "fixture: PrometheusRule CRD stand-in established" crd_ready prometheusrule-crd.yaml prometheusrules
 check "fixture: PriorityClass platform-critical" k apply -f "${DEPLOY_TESTS_DIR}/fixtures/priorityclass.yaml"
 labels_ok() {
     local ns

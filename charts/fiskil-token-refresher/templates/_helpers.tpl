@@ -293,3 +293,37 @@ prometheus.io/port: {{ .Values.port | quote }}
 prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
+
+{{/*
+PromQL label matchers that pick this release's refresher series in the alerts:
+prometheusRule.selector, or by default the job a ServiceMonitor gives them (the
+Service name) and the release namespace.
+*/}}
+{{- define "fiskil-token-refresher.alertSelector" -}}
+{{- default (printf "job=%q,namespace=%q" (include "fiskil-token-refresher.fullname" .) .Release.Namespace) .Values.prometheusRule.selector }}
+{{- end }}
+
+{{/*
+Labels of one alert: pass a dict with "ctx" and "severity".
+*/}}
+{{- define "fiskil-token-refresher.alertLabels" -}}
+severity: {{ .severity }}
+{{- with .ctx.Values.prometheusRule.additionalAlertLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The description of one alert, ending with where its runbook is, and its
+runbook_url when prometheusRule.runbookUrl is set: pass a dict with "ctx",
+"alert" (the alert name, also the runbook heading) and "text".
+*/}}
+{{- define "fiskil-token-refresher.alertAnnotations" -}}
+{{- $base := .ctx.Values.prometheusRule.runbookUrl }}
+{{- if $base }}
+description: {{ printf "%s Runbook: %s#%s" .text $base (lower .alert) | quote }}
+runbook_url: {{ printf "%s#%s" $base (lower .alert) | quote }}
+{{- else }}
+description: {{ printf "%s Runbook: the fiskil-token-refresher chart README, section \"Alert runbook\", %s." .text .alert | quote }}
+{{- end }}
+{{- end }}
