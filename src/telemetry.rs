@@ -2,7 +2,9 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Logging.
 #[derive(clap::Args, Debug, Clone)]
@@ -46,21 +48,51 @@ impl LogArgs {
     }
 }
 
+/// The filter: `RUST_LOG` when it parses (`target=level` pairs and a default level, e.g.
+/// `warn,fiskil_token_refresher=debug`), else `--log-level` for this program's own lines and
+/// warnings from the libraries under it.
+fn filter(level: &str, rust_log: Option<&str>) -> Targets {
+    if let Some(targets) = rust_log.and_then(|spec| spec.parse().ok()) {
+        return targets;
+    }
+    format!("warn,fiskil_token_refresher={level}")
+        .parse()
+        .unwrap_or_default()
+}
+
 /// Installs the global log subscriber.
 pub fn init(settings: &LogArgs) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "{},h2=warn,hyper=warn,rustls=warn",
-            settings.log_level
-        ))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = filter(&settings.log_level, rust_log.as_deref());
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
     match settings.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+        LogFormat::Text => registry.with(fmt).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn the_level_applies_to_this_program_and_rust_log_overrides() {
+        let own = "fiskil_token_refresher::refresher";
+        let filter = filter("debug", None);
+        assert!(filter.would_enable(own, &Level::DEBUG));
+        assert!(!filter.would_enable("hyper::proto", &Level::INFO));
+        assert!(filter.would_enable("hyper::proto", &Level::WARN));
+        let filter = filter_from("error", "info,fiskil_token_refresher=trace");
+        assert!(filter.would_enable(own, &Level::TRACE));
+        assert!(filter.would_enable("hyper::proto", &Level::INFO));
+    }
+
+    fn filter_from(level: &str, rust_log: &str) -> Targets {
+        filter(level, Some(rust_log))
     }
 }
