@@ -350,8 +350,8 @@ fn unusable_answers_are_invalid_responses_and_never_written() {
             .all(|s| s.path != ELSEWHERE_PATH),
         "a redirect was followed"
     );
-    assert!(daemon.logs_contain("which is not followed"));
-    assert!(daemon.logs_contain("the token contains whitespace or control characters"));
+    daemon.wait_log("which is not followed");
+    daemon.wait_log("the token contains whitespace or control characters");
     fixture.assert_contract_kept();
     fixture.assert_logs_clean(&daemon);
 }
@@ -392,10 +392,8 @@ fn transient_failures_back_off_and_keep_the_last_good_token() {
         TRANSIENT,
     );
     fail_once(&fixture, &mut daemon, Behaviour::Hang, TRANSIENT);
-    assert!(
-        daemon.logs_contain("err_stand_in_500"),
-        "Fiskil's error id is not logged"
-    );
+    // Fiskil's error id is logged.
+    daemon.wait_log("err_stand_in_500");
 
     let before = fixture.stand_in.seen().len();
     fixture.stand_in.set_default(Behaviour::RetryAfter {
@@ -440,8 +438,8 @@ fn rejected_credentials_retry_slowly_and_at_once_on_rotation() {
     );
     assert!(daemon.metric(REJECTED) >= 2.0);
     assert_eq!(fixture.read_token(), good);
-    assert!(daemon.logs_contain("err_stand_in_401"));
-    assert!(daemon.logs_contain("rejected the credentials"));
+    daemon.wait_log("err_stand_in_401");
+    daemon.wait_log("rejected the credentials");
 
     // Rejected credentials are retried after --backoff-max (2 s) at the earliest; the rotation
     // is used at once, before that retry would come.
@@ -547,7 +545,7 @@ fn sigterm_exits_zero_promptly_without_temp_files() {
         fixture.read_token(),
         fixture.stand_in.issued().first().cloned()
     );
-    assert!(daemon.logs_contain("\"signal\":\"SIGTERM\""));
+    daemon.wait_log("\"signal\":\"SIGTERM\"");
     fixture.assert_logs_clean(&daemon);
 }
 
@@ -612,7 +610,7 @@ fn once_exit_codes() {
         took > Duration::from_millis(1200) && took < Duration::from_secs(10),
         "gave up after {took:?}"
     );
-    assert!(transient.logs_contain("no token within --once-timeout"));
+    transient.wait_log("no token within --once-timeout");
     fixture.assert_logs_clean(&transient);
 }
 
@@ -673,7 +671,7 @@ fn configuration_errors_exit_two_and_send_nothing() {
         daemon.wait_exit(Duration::from_secs(10)).unwrap().code(),
         Some(2)
     );
-    assert!(daemon.logs_contain("is empty"));
+    daemon.wait_log("is empty");
 
     let mut args = fixture.base_args();
     args.retain(|a| !a.contains("client_secret"));
@@ -690,7 +688,7 @@ fn configuration_errors_exit_two_and_send_nothing() {
         twice.wait_exit(Duration::from_secs(10)).unwrap().code(),
         Some(2)
     );
-    assert!(twice.logs_contain("given twice"));
+    twice.wait_log("given twice");
     assert!(!twice.logs_contain("sekrit-env"));
     assert!(
         fixture.stand_in.seen().is_empty(),

@@ -10,7 +10,9 @@ Secret output: resident memory with it on, and the time from the token file chan
 Secret holding the same token.
 
 Usage: tests/bench/bench.py [--idle-seconds 60] [--refreshes 1000] [--runs 20] [--cluster-dir DIR]
-Build first: cargo build --release --workspace
+                            [--daemon PATH]
+Build first: cargo build --release --workspace. --daemon measures another build of the daemon,
+e.g. the static musl binary the container image ships (tests/deploy/static-binary.sh).
 """
 
 import argparse
@@ -141,8 +143,9 @@ def main():
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--cluster-dir", help="control plane from tests/cluster/up.sh, to bench the Secret output")
     parser.add_argument("--secret-refreshes", type=int, default=100)
+    parser.add_argument("--daemon", default=DAEMON, help="the daemon binary to measure")
     args = parser.parse_args()
-    for binary in (DAEMON, STAND_IN):
+    for binary in (args.daemon, STAND_IN):
         if not os.path.exists(binary):
             sys.exit(f"bench: {binary} is missing; run cargo build --release --workspace")
 
@@ -161,7 +164,7 @@ def main():
         with open(os.path.join(credentials, key), "w") as f:
             f.write(value + "\n")
     env = dict(os.environ, FISKIL_LOG_LEVEL="warn")
-    base = [DAEMON, "--token-url", f"https://localhost:{port}/v1/token", "--ca-file", ca,
+    base = [args.daemon, "--token-url", f"https://localhost:{port}/v1/token", "--ca-file", ca,
             "--client-id-file", os.path.join(credentials, "client_id"),
             "--client-secret-file", os.path.join(credentials, "client_secret"),
             "--token-file", token, "--listen", "127.0.0.1:0"]
@@ -216,7 +219,7 @@ def main():
         proc.wait(timeout=10)
         if args.cluster_dir:
             results.extend(bench_secret(args, base, env, token))
-        size = os.path.getsize(DAEMON)
+        size = os.path.getsize(args.daemon)
         results.append(("release binary size (stripped)", "%.2f MB (%d bytes)" % (size / 1e6, size)))
     finally:
         stand_in.send_signal(signal.SIGINT)

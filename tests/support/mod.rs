@@ -206,6 +206,8 @@ impl Fixture {
 pub struct Daemon {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Output streams read to their end: 2 once the process has exited and every line is in.
+    streams_done: Arc<AtomicU32>,
     admin: Option<SocketAddr>,
     pub exit: Option<ExitStatus>,
 }
@@ -245,20 +247,24 @@ impl Daemon {
         }
         let mut child = command.spawn().expect("start the daemon");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let streams_done = Arc::new(AtomicU32::new(0));
         for stream in [
             Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stdout.take().unwrap()),
         ] {
             let sink = Arc::clone(&logs);
+            let done = Arc::clone(&streams_done);
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     sink.lock().unwrap().push(line);
                 }
+                done.fetch_add(1, Ordering::SeqCst);
             });
         }
         Daemon {
             child,
             logs,
+            streams_done,
             admin: None,
             exit: None,
         }
@@ -284,6 +290,16 @@ impl Daemon {
 
     pub fn logs_contain(&self, text: &str) -> bool {
         self.logs().iter().any(|line| line.contains(text))
+    }
+
+    /// Waits until a captured log line contains `text` (lines reach the test a little after
+    /// the daemon writes them).
+    pub fn wait_log(&self, text: &str) {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("a log line with {text:?}"),
+            || self.logs_contain(text),
+        );
     }
 
     /// The health server's address, from the `started` log line.
@@ -334,7 +350,12 @@ impl Daemon {
         while start.elapsed() < timeout {
             if let Some(status) = self.child.try_wait().expect("wait for the daemon") {
                 self.exit = Some(status);
-                std::thread::sleep(Duration::from_millis(50));
+                // Every line it wrote is captured once both streams reached their end.
+                wait_for(
+                    Duration::from_secs(10),
+                    "the daemon's output to end",
+                    || self.streams_done.load(Ordering::SeqCst) == 2,
+                );
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(10));
