@@ -463,6 +463,13 @@ mod tests {
     }
 
     #[test]
+    fn lifetimes_longer_than_a_day_are_honoured_up_to_thirty_days() {
+        assert_eq!(ok(r#"{"token":"t","expires_in":172800}"#).1, 172_800);
+        assert_eq!(ok(r#"{"token":"t","expires_in":2592000}"#).1, 2_592_000);
+        assert!(bad(r#"{"token":"t","expires_in":2592001}"#).contains("more than"));
+    }
+
+    #[test]
     fn rejects_unusable_responses_without_echoing_the_token() {
         assert_eq!(bad("<html>"), "the body is not JSON");
         assert_eq!(bad("[1]"), "the body is not a JSON object");
