@@ -9,6 +9,7 @@ use secrecy::SecretString;
 use url::{Host, Url};
 
 use crate::credentials::{CredentialSources, Source};
+use crate::reach::{Reach, ReachArgs, ReachConfigError};
 use crate::schedule::Timing;
 
 /// The documented token endpoint.
@@ -175,6 +176,9 @@ pub struct Args {
         default_value = "info"
     )]
     pub log_level: String,
+
+    #[command(flatten)]
+    pub reach: ReachArgs,
 }
 
 /// How the token file is laid out.
@@ -234,6 +238,10 @@ pub enum ConfigError {
     Backoff { initial: Duration, max: Duration },
     #[error("--log-level {0:?} is not a level; use error, warn, info, debug or trace")]
     LogLevel(String),
+    #[error(transparent)]
+    Reach(#[from] ReachConfigError),
+    #[error("--once exits after one token; --notify-*, --token-listen and --proxy-listen need the daemon running, so drop them or --once")]
+    OnceWithReach,
 }
 
 /// Where the token goes.
@@ -282,6 +290,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub once: Option<Duration>,
     pub log: LogSettings,
+    pub reach: Reach,
 }
 
 impl Config {
@@ -343,6 +352,10 @@ impl Config {
         if args.log_level.parse::<tracing::Level>().is_err() {
             return Err(ConfigError::LogLevel(args.log_level));
         }
+        let reach = args.reach.validate(&token_url)?;
+        if args.once && !reach.is_empty() {
+            return Err(ConfigError::OnceWithReach);
+        }
         Ok(Config {
             http: HttpSettings {
                 token_url,
@@ -361,6 +374,7 @@ impl Config {
                 format: args.log_format,
                 level: args.log_level,
             },
+            reach,
         })
     }
 }

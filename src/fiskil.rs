@@ -123,15 +123,7 @@ pub struct TokenClient {
 impl TokenClient {
     /// Builds a client trusting the built-in roots plus `--ca-file`, never following redirects.
     pub fn new(settings: &HttpSettings) -> Result<Self, ClientError> {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(path) = &settings.ca_file {
-            add_ca_file(&mut roots, path)?;
-        }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = tls_config(settings)?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .redirect(reqwest::redirect::Policy::none())
@@ -175,6 +167,19 @@ impl TokenClient {
         let body = read_capped(response).await?;
         classify(status, &headers, &body, issued_at)
     }
+}
+
+/// The TLS settings every outgoing HTTPS connection uses: the built-in roots plus `--ca-file`.
+pub fn tls_config(settings: &HttpSettings) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &settings.ca_file {
+        add_ca_file(&mut roots, path)?;
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), ClientError> {

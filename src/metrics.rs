@@ -42,6 +42,17 @@ struct OutputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifyLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -58,6 +69,9 @@ pub struct Metrics {
     last_success: FloatGauge,
     pub credential_reloads: Counter,
     output_write: Family<OutputLabels, Counter>,
+    notify: Family<NotifyLabels, Counter>,
+    proxy_requests: Family<CodeLabels, Counter>,
+    proxy_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -112,6 +126,26 @@ impl Metrics {
             "Token writes by output (file, secret) and result (success, error)",
             output_write.clone(),
         );
+        let notify = Family::<NotifyLabels, Counter>::default();
+        registry.register(
+            "notify",
+            "Notification attempts by kind (url, signal) and result (success, error)",
+            notify.clone(),
+        );
+        let proxy_requests = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "proxy_requests",
+            "Requests answered by the proxy, by HTTP status code",
+            proxy_requests.clone(),
+        );
+        let proxy_duration = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "proxy_request_duration_seconds",
+            "Time from a request's arrival at the proxy to its response headers",
+            proxy_duration.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -132,6 +166,9 @@ impl Metrics {
             last_success,
             credential_reloads,
             output_write,
+            notify,
+            proxy_requests,
+            proxy_duration,
         }
     }
 
@@ -166,6 +203,22 @@ impl Metrics {
             .inc();
     }
 
+    /// Records one notification attempt.
+    pub fn observe_notify(&self, kind: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.notify
+            .get_or_create(&NotifyLabels { kind, result })
+            .inc();
+    }
+
+    /// Records one request answered by the proxy.
+    pub fn observe_proxy(&self, code: u16, seconds: f64) {
+        self.proxy_requests
+            .get_or_create(&CodeLabels { code })
+            .inc();
+        self.proxy_duration.observe(seconds);
+    }
+
     /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -192,6 +245,8 @@ mod tests {
         metrics.observe_refresh(RefreshResult::InvalidResponse, 0.2);
         metrics.observe_write("file", true);
         metrics.credential_reloads.inc();
+        metrics.observe_notify("signal", false);
+        metrics.observe_proxy(401, 0.002);
         let text = metrics.encode();
         for line in [
             "fiskil_token_refresher_refresh_total{result=\"invalid_response\"} 1",
@@ -202,6 +257,9 @@ mod tests {
             "fiskil_token_refresher_credential_reloads_total 1",
             "fiskil_token_refresher_output_write_total{output=\"file\",result=\"success\"} 1",
             "fiskil_token_refresher_build_info{version=\"",
+            "fiskil_token_refresher_notify_total{kind=\"signal\",result=\"error\"} 1",
+            "fiskil_token_refresher_proxy_requests_total{code=\"401\"} 1",
+            "fiskil_token_refresher_proxy_request_duration_seconds_count 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
