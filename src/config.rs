@@ -32,7 +32,7 @@ Logging:
   RUST_LOG  Overrides --log-level with a full filter (e.g. fiskil_token_refresher=debug).
 
 Proxies:
-  HTTPS_PROXY, NO_PROXY  Honoured for the token request.
+  HTTPS_PROXY, NO_PROXY  Honoured for the token request (not for --notify-url or --proxy-upstream).
 
 Exit codes:
   0  success (--once) or clean shutdown on SIGTERM/SIGINT
@@ -671,6 +671,24 @@ mod tests {
             bad(&["--log-level", "loud"]),
             ConfigError::LogLevel(_)
         ));
+    }
+
+    #[test]
+    fn reach_flags_are_checked_and_need_the_daemon_running() {
+        let config =
+            Config::from_args(args(&["--proxy-listen", "127.0.0.1:9849"]), no_env).unwrap();
+        let proxy = config.reach.proxy.unwrap();
+        assert_eq!(proxy.upstream.as_str(), "https://api.fiskil.com/");
+        let err = Config::from_args(args(&["--token-listen", "0.0.0.0:9848"]), no_env).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("--token-listen 0.0.0.0:9848 is not a loopback address"));
+        let err = Config::from_args(
+            args(&["--once", "--token-listen", "127.0.0.1:9848"]),
+            no_env,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::OnceWithReach));
     }
 
     #[test]

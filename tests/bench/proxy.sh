@@ -5,13 +5,15 @@
 # One run, one load generator (wrk), one upstream: a loopback HTTPS nginx answering a fixed
 # 200. Measured for each path: requests per second at 64 connections, median latency at one
 # connection, and the CPU time the proxy process(es) spent per request during the 64-connection
-# run. Also: resident memory of the daemon idle with and without the proxy configured.
+# run (medians of interleaved rounds). Also: resident memory of the daemon idle with and without the proxy configured.
 # Both proxies run one worker (the daemon is single-threaded by design): nginx with
 # worker_processes 1, upstream keep-alive and a fixed Authorization header. Both log one line per
 # request (nginx its default access log, the daemon its JSON line on stderr, sent to a file).
 #
 # Needs: nginx, wrk, openssl (Debian: apt-get install nginx-light wrk openssl) and
 # `cargo build --release --workspace`. Usage: tests/bench/proxy.sh [SECONDS per run, default 10]
+# FISKIL_BENCH_DAEMON_ARGS adds daemon arguments, e.g. "--log-level warn" to leave out the
+# per-request log lines.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -131,34 +133,54 @@ rss_plain=$(rss_kib "$daemon_pid")
 kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true
 rm -f "$work/token"
 daemon_proxy_port=$(free_port)
-start_daemon --proxy-listen "127.0.0.1:$daemon_proxy_port" --proxy-upstream "https://localhost:$upstream_port"
+# shellcheck disable=SC2086 # FISKIL_BENCH_DAEMON_ARGS holds several words
+start_daemon --proxy-listen "127.0.0.1:$daemon_proxy_port" --proxy-upstream "https://localhost:$upstream_port" ${FISKIL_BENCH_DAEMON_ARGS:-}
 wait_port "$daemon_proxy_port"
 rss_proxy_idle=$(rss_kib "$daemon_pid")
 
 path=/v1/accounts?limit=10
-# run NAME URL PIDS...: prints "rps median_ms cpu_us_per_request"
-run() {
-  local url=$2; shift 2
-  wrk -t1 -c8 -d2s "$url" >/dev/null # warm up connections and TLS sessions
-  local before after out rps requests median
+rounds=${FISKIL_BENCH_ROUNDS:-3}
+to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v / 1000; else if (v ~ /ms$/) printf "%.3f", v + 0; else printf "%.3f", v * 1000 }'; }
+median() { tr -s ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+# throughput URL PIDS...: appends "rps cpu_us_per_request" of one 64-connection run
+throughput() {
+  local url=$1; shift
+  local before after out rps requests cpu_us=n/a
   before=$([[ $# -gt 0 ]] && cpu_ticks "$@" || echo 0)
   out=$(wrk -t1 -c64 -d"${seconds}s" "$url")
   after=$([[ $# -gt 0 ]] && cpu_ticks "$@" || echo 0)
+  if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then echo "errors from $url: $out" >&2; exit 1; fi
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  if grep -q 'Non-2xx' <<<"$out"; then echo "non-2xx answers from $url" >&2; exit 1; fi
-  median=$(wrk --latency -t1 -c1 -d"${seconds}s" "$url" | awk '$1 == "50%" {print $2}')
-  local cpu_us=n/a
   if [[ $# -gt 0 ]]; then
     cpu_us=$(awk -v t=$((after - before)) -v n="$requests" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz / n * 1e6}')
   fi
-  echo "$rps $median $cpu_us"
+  echo "$rps $cpu_us"
 }
-to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v / 1000; else if (v ~ /ms$/) printf "%.3f", v + 0; else printf "%.3f", v * 1000 }'; }
+latency() { to_ms "$(wrk --latency -t1 -c1 -d"${seconds}s" "$1" | awk '$1 == "50%" {print $2}')"; }
 
-read -r d_rps d_med _ <<<"$(run direct "https://localhost:$upstream_port$path")"
-read -r n_rps n_med n_cpu <<<"$(run nginx "http://127.0.0.1:$nginx_proxy_port$path" $(nginx_pids "$work/proxy.pid"))"
-read -r f_rps f_med f_cpu <<<"$(run daemon "http://127.0.0.1:$daemon_proxy_port$path" "$daemon_pid")"
+direct_url="https://localhost:$upstream_port$path"
+nginx_url="http://127.0.0.1:$nginx_proxy_port$path"
+daemon_url="http://127.0.0.1:$daemon_proxy_port$path"
+for url in "$direct_url" "$nginx_url" "$daemon_url"; do
+  wrk -t1 -c64 -d2s "$url" >/dev/null # warm up connections and TLS sessions
+done
+declare -A rps cpu lat
+# Rounds interleave the three paths, so that load from elsewhere on the machine spreads evenly.
+for round in $(seq "$rounds"); do
+  read -r r _ <<<"$(throughput "$direct_url")"; rps[direct]+="$r "
+  read -r r c <<<"$(throughput "$nginx_url" $(nginx_pids "$work/proxy.pid"))"; rps[nginx]+="$r "; cpu[nginx]+="$c "
+  read -r r c <<<"$(throughput "$daemon_url" "$daemon_pid")"; rps[daemon]+="$r "; cpu[daemon]+="$c "
+  lat[direct]+="$(latency "$direct_url") "
+  lat[nginx]+="$(latency "$nginx_url") "
+  lat[daemon]+="$(latency "$daemon_url") "
+  echo "round $round done" >&2
+done
+d_rps=$(median <<<"${rps[direct]}"); d_med=$(median <<<"${lat[direct]}")
+n_rps=$(median <<<"${rps[nginx]}"); n_med=$(median <<<"${lat[nginx]}")
+f_rps=$(median <<<"${rps[daemon]}"); f_med=$(median <<<"${lat[daemon]}")
+n_cpu=$(median <<<"${cpu[nginx]}")
+f_cpu=$(median <<<"${cpu[daemon]}")
 rss_proxy_after=$(rss_kib "$daemon_pid")
 
 if grep -q 'fixed-benchmark-token\|bench-secret' "$work/daemon.log" || grep -q "$(cat "$work/token")" "$work/daemon.log"; then
@@ -170,9 +192,9 @@ echo
 echo "| measure | direct to the upstream | nginx as authenticating proxy | fiskil-token-refresher --proxy-listen |"
 echo "|---|---|---|---|"
 echo "| requests/s at 64 connections | ${d_rps%.*} | ${n_rps%.*} | ${f_rps%.*} ($(ratio "$f_rps" "$n_rps")× nginx) |"
-echo "| median latency at 1 connection | $(to_ms "$d_med") ms | $(to_ms "$n_med") ms | $(to_ms "$f_med") ms ($(awk -v a="$(to_ms "$f_med")" -v b="$(to_ms "$n_med")" 'BEGIN {printf "%+.3f", a - b}') ms vs nginx) |"
+echo "| median latency at 1 connection | $d_med ms | $n_med ms | $f_med ms ($(awk -v a="$f_med" -v b="$n_med" 'BEGIN {printf "%+.3f", a - b}') ms vs nginx) |"
 echo "| proxy CPU time per request (64 connections) | – | $n_cpu µs | $f_cpu µs |"
 echo
 echo "daemon resident memory: $rss_plain KiB without the proxy, $rss_proxy_idle KiB with the proxy idle" \
   "(+$((rss_proxy_idle - rss_plain)) KiB), $rss_proxy_after KiB after the load"
-echo "wrk: one thread; ${seconds} s per run; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(nginx -v 2>&1)"
+echo "medians of $rounds interleaved rounds; wrk: one thread; ${seconds} s per run; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(nginx -v 2>&1)"
