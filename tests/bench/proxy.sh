@@ -30,7 +30,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for conf in "$work"/nginx-*.conf; do
-    [[ -e $conf ]] && nginx -p "$work" -c "$conf" -s stop 2>/dev/null || true
+    if [[ -e $conf ]]; then nginx -p "$work" -c "$conf" -s stop 2>/dev/null || true; fi
   done
   sleep 0.3
   rm -rf "$work"
@@ -47,7 +47,8 @@ cpu_ticks() {
   done
   echo "$total"
 }
-nginx_pids() { local master; master=$(cat "$1"); echo "$master" $(cat "/proc/$master/task/$master/children"); }
+# nginx_pids PIDFILE: the master and its workers, one per line.
+nginx_pids() { local master; master=$(cat "$1"); echo "$master"; tr ' ' '\n' <"/proc/$master/task/$master/children" | grep .; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 # A CA and a localhost certificate for the upstream.
@@ -138,7 +139,7 @@ start_daemon --proxy-listen "127.0.0.1:$daemon_proxy_port" --proxy-upstream "htt
 wait_port "$daemon_proxy_port"
 rss_proxy_idle=$(rss_kib "$daemon_pid")
 
-path=/v1/accounts?limit=10
+path='/v1/accounts?limit=10'
 rounds=${FISKIL_BENCH_ROUNDS:-3}
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v / 1000; else if (v ~ /ms$/) printf "%.3f", v + 0; else printf "%.3f", v * 1000 }'; }
 median() { tr -s ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
@@ -169,7 +170,8 @@ declare -A rps cpu lat
 # Rounds interleave the three paths, so that load from elsewhere on the machine spreads evenly.
 for round in $(seq "$rounds"); do
   read -r r _ <<<"$(throughput "$direct_url")"; rps[direct]+="$r "
-  read -r r c <<<"$(throughput "$nginx_url" $(nginx_pids "$work/proxy.pid"))"; rps[nginx]+="$r "; cpu[nginx]+="$c "
+  mapfile -t nginx_procs < <(nginx_pids "$work/proxy.pid")
+  read -r r c <<<"$(throughput "$nginx_url" "${nginx_procs[@]}")"; rps[nginx]+="$r "; cpu[nginx]+="$c "
   read -r r c <<<"$(throughput "$daemon_url" "$daemon_pid")"; rps[daemon]+="$r "; cpu[daemon]+="$c "
   lat[direct]+="$(latency "$direct_url") "
   lat[nginx]+="$(latency "$nginx_url") "
