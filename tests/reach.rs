@@ -173,8 +173,8 @@ fn token_endpoint_answers_the_current_token_on_loopback_only() {
 type Received = Arc<Mutex<Vec<(Value, String)>>>;
 
 /// A loopback HTTP server that records each POST body with the token file's content at
-/// that moment.
-fn notification_receiver(token_file: PathBuf) -> (SocketAddr, Received) {
+/// that moment, and answers with `status_line` (e.g. `204 No Content`).
+fn notification_receiver(token_file: PathBuf, status_line: &'static str) -> (SocketAddr, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -204,9 +204,10 @@ fn notification_receiver(token_file: PathBuf) -> (SocketAddr, Received) {
             if let Ok(json) = serde_json::from_slice(&body) {
                 sink.lock().unwrap().push((json, file));
             }
-            let _ = reader
-                .get_mut()
-                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 {status_line}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
         }
     });
     (addr, received)
@@ -215,14 +216,15 @@ fn notification_receiver(token_file: PathBuf) -> (SocketAddr, Received) {
 #[test]
 fn notify_url_is_posted_after_each_token_is_written() {
     let fixture = Fixture::new("notify-url", 3);
-    let (addr, received) = notification_receiver(fixture.token_file());
-    let dead = format!("http://127.0.0.1:{}/gone", free_port());
+    let (addr, received) = notification_receiver(fixture.token_file(), "204 No Content");
+    let (failing, attempts) =
+        notification_receiver(fixture.token_file(), "503 Service Unavailable");
     let mut args = fixture.base_args();
     args.extend([
         "--notify-url".to_owned(),
         format!("http://{addr}/token-changed?src=fiskil"),
         "--notify-url".to_owned(),
-        dead,
+        format!("http://{failing}/reload"),
     ]);
     let mut daemon = Daemon::spawn(&args, &[]);
     wait_for(Duration::from_secs(30), "three notifications", || {
@@ -249,9 +251,44 @@ fn notify_url_is_posted_after_each_token_is_written() {
         daemon.metric("fiskil_token_refresher_notify_total{kind=\"url\",result=\"success\"}")
             >= 3.0
     );
-    wait_for(Duration::from_secs(10), "the dead URL to fail", || {
-        daemon.metric("fiskil_token_refresher_notify_total{kind=\"url\",result=\"error\"}") >= 1.0
+    // The failing URL: retried (at most 4 attempts per token), and a newer token replaces the
+    // notification being retried (tokens come every ~2.4 s; the 4th attempt would be at 5.25 s).
+    wait_for(Duration::from_secs(30), "attempts for three tokens", || {
+        let attempts = attempts.lock().unwrap();
+        let mut tokens: Vec<String> = attempts
+            .iter()
+            .map(|(j, _)| j["expires_at"].to_string())
+            .collect();
+        tokens.dedup();
+        tokens.len() >= 3
     });
+    let order: Vec<String> = attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(json, _)| json["expires_at"].as_str().unwrap().to_owned())
+        .collect();
+    let mut runs: Vec<(String, usize)> = Vec::new();
+    for expires_at in order {
+        match runs.last_mut() {
+            Some((last, count)) if *last == expires_at => *count += 1,
+            _ => {
+                assert!(
+                    runs.iter().all(|(seen, _)| *seen < expires_at),
+                    "an older token's notification came after a newer one's"
+                );
+                runs.push((expires_at, 1));
+            }
+        }
+    }
+    assert!(runs.iter().all(|(_, count)| *count <= 4), "{runs:?}");
+    assert!(
+        runs[..runs.len() - 1].iter().any(|(_, count)| *count < 4),
+        "a notification still being retried was replaced by the newer token's: {runs:?}"
+    );
+    assert!(
+        daemon.metric("fiskil_token_refresher_notify_total{kind=\"url\",result=\"error\"}") >= 3.0
+    );
     assert!(daemon.logs_contain("notification failed"));
     assert!(
         !daemon.logs_contain("src=fiskil"),
