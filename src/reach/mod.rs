@@ -81,6 +81,16 @@ pub fn check_loopback(
     }
 }
 
+/// True for `localhost` and loopback IP hosts: where plain `http://` stays inside the pod.
+pub fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// Why a configured feature could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ReachStartError {

@@ -1,6 +1,5 @@
 //! Notifications after each new token: a JSON `POST` to URLs and a signal to a process from its pid file.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,11 +8,12 @@ use rustix::io::Errno;
 use rustix::process::{Pid, Signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use url::{Host, Url};
+use url::Url;
 
 use crate::config::HttpSettings;
-use crate::fiskil::{tls_config, ClientError, Token};
+use crate::fiskil::{error_chain, tls_config, ClientError, Token};
 use crate::metrics::Metrics;
+use crate::reach::is_loopback_host;
 use crate::status::OutputStatus;
 
 /// Time allowed for one notification request, connection included.
@@ -139,15 +139,9 @@ impl NotifyArgs {
 
 fn check_url(raw: &str) -> Result<Url, NotifyConfigError> {
     let url = Url::parse(raw).map_err(|e| NotifyConfigError::BadUrl(raw.to_owned(), e))?;
-    let loopback = match url.host() {
-        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    };
     match url.scheme() {
         "https" => Ok(url),
-        "http" if loopback => Ok(url),
+        "http" if is_loopback_host(&url) => Ok(url),
         "http" => Err(NotifyConfigError::PlainHttp(raw.to_owned())),
         _ => Err(NotifyConfigError::BadScheme(raw.to_owned())),
     }
@@ -326,17 +320,6 @@ fn redacted(url: &Url) -> String {
     let _ = shown.set_password(None);
     shown.set_query(None);
     shown.to_string()
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 /// The outcome of one signal, remembered so each failure is logged once per change.

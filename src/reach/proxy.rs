@@ -22,12 +22,12 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use url::{Host, Url};
+use url::Url;
 
 use crate::config::HttpSettings;
-use crate::fiskil::{tls_config, ClientError, Token};
+use crate::fiskil::{error_chain, tls_config, ClientError, Token};
 use crate::metrics::Metrics;
-use crate::reach::{check_loopback, ReachConfigError};
+use crate::reach::{check_loopback, is_loopback_host, ReachConfigError};
 
 /// Request bodies up to this size are kept, so the request can be sent again after a 401.
 pub const MAX_RETRY_BODY: usize = 64 * 1024;
@@ -111,15 +111,9 @@ fn check_upstream(raw: &str) -> Result<Url, ProxyConfigError> {
     {
         return Err(ProxyConfigError::NotOrigin(raw.to_owned()));
     }
-    let loopback = match url.host() {
-        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
     match url.scheme() {
         "https" => Ok(url),
-        "http" if loopback => Ok(url),
+        "http" if is_loopback_host(&url) => Ok(url),
         "http" => Err(ProxyConfigError::PlainHttp(raw.to_owned())),
         _ => Err(ProxyConfigError::BadScheme(raw.to_owned())),
     }
@@ -540,17 +534,6 @@ fn refusal(status: StatusCode, message: &str) -> Response<ResponseBody> {
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 /// Accepts connections on `listener` and serves them until `shutdown`.
