@@ -153,6 +153,15 @@ fn token_endpoint_answers_the_current_token_on_loopback_only() {
     assert_eq!(status, 404, "the token endpoint serves /token only");
     fixture.assert_logs_clean(&daemon);
 
+    let mut busy = fixture.spawn(&["--token-listen", &addr.to_string()]);
+    let exit = busy.wait_exit(Duration::from_secs(10)).expect("exit");
+    assert_eq!(exit.code(), Some(2));
+    assert!(
+        busy.logs_contain(&format!("cannot listen on --token-listen {addr}")),
+        "{:?}",
+        busy.logs()
+    );
+
     for (flag, addr) in [
         ("--token-listen", "0.0.0.0:0"),
         ("--proxy-listen", "10.0.0.1:8080"),
