@@ -22,6 +22,15 @@ use support::{wait_for, Daemon, Fixture};
 
 const TEN_MIB: usize = 10 * 1024 * 1024;
 
+/// nginx lives in /usr/sbin, which is not on every user's PATH.
+fn nginx() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
 /// True if `program` runs; else prints SKIP, or fails when CI requires the tools.
 fn have(program: &str, version_flag: &str) -> bool {
     let found = Command::new(program)
@@ -336,7 +345,7 @@ impl Nginx {
     }
 
     fn run(&self, extra: &[&str]) {
-        let status = Command::new("nginx")
+        let status = Command::new(nginx())
             .arg("-p")
             .arg(&self.prefix)
             .arg("-c")
@@ -377,7 +386,7 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         if self.pid_file().exists() {
-            let _ = Command::new("nginx")
+            let _ = Command::new(nginx())
                 .arg("-p")
                 .arg(&self.prefix)
                 .arg("-c")
@@ -391,7 +400,7 @@ impl Drop for Nginx {
 
 #[test]
 fn notify_signal_reloads_nginx_from_its_pid_file() {
-    if !have("nginx", "-v") {
+    if !have(nginx(), "-v") {
         return;
     }
     let fixture = Fixture::new("notify-signal", 3);

@@ -20,6 +20,7 @@ root=$PWD
 seconds=${1:-10}
 daemon=$root/target/release/fiskil-token-refresher
 stand_in=$root/target/release/fiskil-stand-in
+PATH=$PATH:/usr/sbin # nginx
 for tool in nginx wrk openssl; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx-light wrk openssl)" >&2; exit 2; }
 done
