@@ -554,6 +554,21 @@ fn proxy_forwards_curl_requests_with_the_token_and_refuses_forward_proxying() {
         fixture.read_token().as_deref()
     );
 
+    // Response status and end-to-end headers come back; redirects are not followed.
+    let (out, _) = curl(&["-D", "-", "-o", "/dev/null", &format!("{base}/redirect")]);
+    let head = out.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 307"), "{out}");
+    assert!(head.contains("location: /elsewhere"), "{out}");
+    assert!(head.contains("x-stand-in: api"), "{out}");
+    assert!(
+        !fixture
+            .stand_in
+            .api_seen()
+            .iter()
+            .any(|s| s.path == "/elsewhere"),
+        "the proxy followed a redirect"
+    );
+
     // 10 MiB each way: an upload with a length, a chunked upload, a chunked download.
     let upload = fixture.dir.path().join("upload.bin");
     let data = pattern(TEN_MIB);
@@ -592,6 +607,7 @@ fn proxy_forwards_curl_requests_with_the_token_and_refuses_forward_proxying() {
         assert!(got == data, "the download arrived intact ({query})");
     }
 
+    let reached = fixture.stand_in.api_seen().len();
     // Not an open proxy: absolute-form for another host and CONNECT are refused.
     let (out, _) = curl(&[
         "-w",
@@ -608,12 +624,9 @@ fn proxy_forwards_curl_requests_with_the_token_and_refuses_forward_proxying() {
         "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443",
     );
     assert_eq!(status, 405);
-    assert!(
-        fixture
-            .stand_in
-            .api_seen()
-            .iter()
-            .all(|s| s.path.starts_with("/echo") || s.path.starts_with("/download")),
+    assert_eq!(
+        fixture.stand_in.api_seen().len(),
+        reached,
         "refused requests never reached the upstream"
     );
 

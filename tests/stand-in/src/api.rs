@@ -4,7 +4,8 @@
 //! `GET|POST|... /echo...` answers `{"method","path","query","headers","body_bytes",
 //! "body_fnv1a"}` (headers without `authorization`), reading the body as it streams in;
 //! `GET /download/N` answers N pattern bytes (`byte i = i % 251`), with a length, or chunked
-//! with `?chunked=1`; any other path answers `{"ok":true}`. A missing, unknown or revoked token
+//! with `?chunked=1`; `/redirect` answers 307 to `/elsewhere`; any other path answers
+//! `{"ok":true}`. JSON answers carry the end-to-end header `x-stand-in: api`. A missing, unknown or revoked token
 //! gets Fiskil's 401 error body.
 
 use std::convert::Infallible;
@@ -150,6 +151,14 @@ pub(crate) async fn answer(
         );
         return response;
     }
+    if path == "/redirect" {
+        record(StatusCode::TEMPORARY_REDIRECT);
+        let mut response = full(StatusCode::TEMPORARY_REDIRECT, "{}".into());
+        response
+            .headers_mut()
+            .insert("location", "/elsewhere".parse().expect("header value"));
+        return response;
+    }
     record(StatusCode::OK);
     full(StatusCode::OK, "{\"ok\":true}".into())
 }
@@ -165,6 +174,9 @@ fn full(status: StatusCode, body: String) -> Response<BoxBody<Bytes, hyper::Erro
         "content-type",
         "application/json".parse().expect("header value"),
     );
+    response
+        .headers_mut()
+        .insert("x-stand-in", "api".parse().expect("header value"));
     response
 }
 
