@@ -185,6 +185,7 @@ f_rps=$(median <<<"${rps[daemon]}"); f_med=$(median <<<"${lat[daemon]}")
 n_cpu=$(median <<<"${cpu[nginx]}")
 f_cpu=$(median <<<"${cpu[daemon]}")
 rss_proxy_after=$(rss_kib "$daemon_pid")
+threads_after=$(awk '/^Threads:/ {print $2}' "/proc/$daemon_pid/status")
 
 if grep -q 'fixed-benchmark-token\|bench-secret' "$work/daemon.log" || grep -q "$(cat "$work/token")" "$work/daemon.log"; then
   echo "a secret or token reached the daemon's log" >&2; exit 1
@@ -199,5 +200,5 @@ echo "| median latency at 1 connection | $d_med ms | $n_med ms | $f_med ms ($(aw
 echo "| proxy CPU time per request (64 connections) | – | $n_cpu µs | $f_cpu µs |"
 echo
 echo "daemon resident memory: $rss_plain KiB without the proxy, $rss_proxy_idle KiB with the proxy idle" \
-  "(+$((rss_proxy_idle - rss_plain)) KiB), $rss_proxy_after KiB after the load"
+  "(+$((rss_proxy_idle - rss_plain)) KiB), $rss_proxy_after KiB after the load ($threads_after threads)"
 echo "medians of $rounds interleaved rounds; wrk: one thread; ${seconds} s per run; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(nginx -v 2>&1)"
