@@ -1,4 +1,4 @@
-//! Ways the token reaches applications other than the file: notifications, a loopback token endpoint and an authenticating proxy.
+//! Ways the token reaches applications besides the file: notifications, a token endpoint, a proxy.
 
 pub mod notify;
 pub mod proxy;

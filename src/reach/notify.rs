@@ -1,4 +1,4 @@
-//! Notifications after each new token: a JSON `POST` to URLs and a signal to a process from its pid file.
+//! Notifications after each new token: a JSON `POST` to URLs, a signal to a pid-file process.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

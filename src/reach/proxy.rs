@@ -1,4 +1,4 @@
-//! The authenticating reverse proxy: forwards loopback requests to the Fiskil API with the current token.
+//! The authenticating reverse proxy: forwards loopback requests upstream with the current token.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -222,13 +222,11 @@ impl Proxy {
                 target.clone()
             }
             _ => {
-                return refusal(
-                    StatusCode::BAD_REQUEST,
-                    &format!(
-                    "only origin-form targets (GET /path) are accepted; every request goes to {}",
+                let message = format!(
+                    "only origin-form targets (GET /path) are accepted; all go to {}",
                     self.shown_upstream
-                ),
-                )
+                );
+                return refusal(StatusCode::BAD_REQUEST, &message);
             }
         };
         let Some(token) = self.current_token() else {
@@ -311,8 +309,12 @@ impl Proxy {
         *request.headers_mut() = headers.clone();
         request.headers_mut().insert(header::AUTHORIZATION, bearer);
         self.client.request(request).await.map_err(|e| {
-            tracing::warn!(upstream = %self.shown_upstream, error = %error_chain(&e), "upstream request failed");
-            refusal(StatusCode::BAD_GATEWAY, &format!("the request to {} failed", self.shown_upstream))
+            let upstream = &self.shown_upstream;
+            tracing::warn!(%upstream, error = %error_chain(&e), "upstream request failed");
+            refusal(
+                StatusCode::BAD_GATEWAY,
+                &format!("the request to {upstream} failed"),
+            )
         })
     }
 }
