@@ -9,6 +9,7 @@ use clap::Parser;
 use crate::admin::AdminArgs;
 use crate::credentials::{CredentialArgs, CredentialSources, CredentialTwice};
 use crate::fiskil::{HttpArgs, HttpArgsError, HttpSettings};
+use crate::reach::{Reach, ReachArgs, ReachConfigError};
 use crate::refresher::OnceArgs;
 use crate::schedule::{Timing, TimingArgs, TimingError};
 use crate::sink::file::{FileArgs, FileOutput};
@@ -32,7 +33,8 @@ Trust:
 Proxies:
   HTTPS_PROXY, ALL_PROXY, NO_PROXY  Honoured for an https:// token endpoint that is not loopback
                                     (lowercase names too). A loopback or http:// endpoint is
-                                    always reached directly; HTTP_PROXY is never used.
+                                    always reached directly; HTTP_PROXY is never used. Notify
+                                    URLs and the proxy's upstream never use a proxy.
 
 Exit codes:
   0  success (--once) or clean shutdown on SIGTERM/SIGINT
@@ -63,6 +65,8 @@ pub struct Args {
     #[command(flatten)]
     pub once: OnceArgs,
     #[command(flatten)]
+    pub reach: ReachArgs,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -79,8 +83,12 @@ pub enum ConfigError {
     Timing(#[from] TimingError),
     #[error(transparent)]
     Log(#[from] LogLevelError),
+    #[error(transparent)]
+    Reach(#[from] ReachConfigError),
     #[error("no output configured: give --token-file PATH and/or --secret-name NAME")]
     NoOutput,
+    #[error("--once exits after one token; --notify-*, --token-listen and --proxy-listen need the daemon running, so drop them or --once")]
+    OnceWithReach,
 }
 
 /// Everything the daemon needs, validated.
@@ -94,6 +102,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `Some(timeout)` with `--once`.
     pub once: Option<Duration>,
+    /// How applications reach the token besides the outputs.
+    pub reach: Reach,
     pub log: LogArgs,
 }
 
@@ -113,6 +123,10 @@ impl Config {
         if file.is_none() && secret.is_none() {
             return Err(ConfigError::NoOutput);
         }
+        let reach = args.reach.validate(&http.token_url)?;
+        if args.once.once && !reach.is_empty() {
+            return Err(ConfigError::OnceWithReach);
+        }
         Ok(Config {
             http,
             credentials,
@@ -121,6 +135,7 @@ impl Config {
             timing,
             listen: args.admin.listen,
             once: args.once.deadline(),
+            reach,
             log: args.log,
         })
     }
@@ -174,6 +189,26 @@ mod tests {
             bad(&["--secret-name", "A"]),
             ConfigError::Secret(_)
         ));
+    }
+
+    #[test]
+    fn reach_flags_are_checked_and_need_the_daemon_running() {
+        let file = ["--token-file", "/tmp/token"];
+        let config = parse(&[file[0], file[1], "--proxy-listen", "127.0.0.1:9849"]).unwrap();
+        let proxy = config.reach.proxy.unwrap();
+        assert_eq!(proxy.upstream.as_str(), "https://api.fiskil.com/");
+        let err = parse(&[file[0], file[1], "--token-listen", "0.0.0.0:9848"]).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("--token-listen 0.0.0.0:9848 is not a loopback address"));
+        let err = parse(&[
+            file[0],
+            file[1],
+            "--once",
+            "--token-listen",
+            "127.0.0.1:9848",
+        ]);
+        assert!(matches!(err, Err(ConfigError::OnceWithReach)));
     }
 
     #[test]

@@ -393,7 +393,7 @@ fn sanitize(text: &str) -> String {
 }
 
 /// An error and its sources on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {

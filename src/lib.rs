@@ -8,6 +8,7 @@ pub mod config;
 pub mod credentials;
 pub mod fiskil;
 pub mod metrics;
+pub mod reach;
 pub mod refresher;
 pub mod schedule;
 pub mod serve;
@@ -55,6 +56,8 @@ pub enum Error {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error(transparent)]
+    Reach(#[from] reach::ReachStartError),
+    #[error(transparent)]
     Once(#[from] OnceError),
     #[error("--once got a token but could not write it: {0}")]
     OnceWrite(#[from] OutputError),
@@ -68,7 +71,8 @@ impl Error {
             | Error::Client(_)
             | Error::FileSetup(_)
             | Error::SecretSetup(_)
-            | Error::Listen { .. } => 2,
+            | Error::Listen { .. }
+            | Error::Reach(_) => 2,
             Error::Signals(_) | Error::Once(_) | Error::OnceWrite(_) => 1,
         }
     }
@@ -127,6 +131,23 @@ pub async fn run(config: Config) -> Result<(), Error> {
         source,
     })?;
     let listen = listener.local_addr().unwrap_or(config.listen);
+    reach::start(
+        config.reach,
+        reach::Inputs {
+            tokens: tokens_rx.clone(),
+            file: status
+                .outputs
+                .iter()
+                .find(|output| output.name == "file")
+                .zip(config.file.as_ref())
+                .map(|(output, file)| (Arc::clone(output), file.path.clone())),
+            refresh_now: Arc::clone(&refresh_now),
+            http: config.http.clone(),
+            metrics: Arc::clone(&metrics),
+            shutdown: shutdown.clone(),
+        },
+    )
+    .await?;
     tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), token_url = %config.http.token_url, "started");
 
     let credentials = credentials::watch(

@@ -47,6 +47,17 @@ struct OutputNameLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifyLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -64,6 +75,9 @@ pub struct Metrics {
     pub credential_reloads: Counter,
     output_write: Family<OutputLabels, Counter>,
     output_expiry: Family<OutputNameLabels, FloatGauge>,
+    notify: Family<NotifyLabels, Counter>,
+    proxy_requests: Family<CodeLabels, Counter>,
+    proxy_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -124,6 +138,26 @@ impl Metrics {
             "Unix time at which the token each output holds expires",
             output_expiry.clone(),
         );
+        let notify = Family::<NotifyLabels, Counter>::default();
+        registry.register(
+            "notify",
+            "Notification attempts by kind (url, signal) and result (success, error)",
+            notify.clone(),
+        );
+        let proxy_requests = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "proxy_requests",
+            "Requests answered by the proxy, by HTTP status code",
+            proxy_requests.clone(),
+        );
+        let proxy_duration = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "proxy_request_duration_seconds",
+            "Time from a request's arrival at the proxy to its response headers",
+            proxy_duration.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -145,6 +179,9 @@ impl Metrics {
             credential_reloads,
             output_write,
             output_expiry,
+            notify,
+            proxy_requests,
+            proxy_duration,
         }
     }
 
@@ -186,6 +223,22 @@ impl Metrics {
             .set(unix_seconds(at));
     }
 
+    /// Records one notification attempt.
+    pub fn observe_notify(&self, kind: &'static str, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.notify
+            .get_or_create(&NotifyLabels { kind, result })
+            .inc();
+    }
+
+    /// Records one request answered by the proxy.
+    pub fn observe_proxy(&self, code: u16, seconds: f64) {
+        self.proxy_requests
+            .get_or_create(&CodeLabels { code })
+            .inc();
+        self.proxy_duration.observe(seconds);
+    }
+
     /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -213,6 +266,8 @@ mod tests {
         metrics.observe_write("file", true);
         metrics.credential_reloads.inc();
         metrics.set_output_expiry("secret", UNIX_EPOCH + std::time::Duration::from_secs(90));
+        metrics.observe_notify("signal", false);
+        metrics.observe_proxy(401, 0.002);
         let text = metrics.encode();
         for line in [
             "fiskil_token_refresher_refresh_total{result=\"invalid_response\"} 1",
@@ -224,6 +279,9 @@ mod tests {
             "fiskil_token_refresher_output_write_total{output=\"file\",result=\"success\"} 1",
             "fiskil_token_refresher_output_token_expiry_timestamp_seconds{output=\"secret\"} 90.0",
             "fiskil_token_refresher_build_info{version=\"",
+            "fiskil_token_refresher_notify_total{kind=\"signal\",result=\"error\"} 1",
+            "fiskil_token_refresher_proxy_requests_total{code=\"401\"} 1",
+            "fiskil_token_refresher_proxy_request_duration_seconds_count 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -83,7 +83,7 @@ impl Refresher {
                     failures = 0;
                 }
                 () = self.refresh_now.notified() => {
-                    tracing::info!("SIGHUP received; refreshing the token now");
+                    tracing::info!("refresh requested (SIGHUP or a 401 at the proxy); refreshing the token now");
                 }
             }
             let credentials = Arc::clone(&self.credentials.borrow_and_update());

@@ -4,30 +4,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The expiry of the token an output last wrote.
 #[derive(Debug)]
 pub struct OutputStatus {
     pub name: &'static str,
-    expires_at: Mutex<Option<SystemTime>>,
+    expires_at: watch::Sender<Option<SystemTime>>,
 }
 
 impl OutputStatus {
     pub fn new(name: &'static str) -> Self {
         OutputStatus {
             name,
-            expires_at: Mutex::new(None),
+            expires_at: watch::Sender::new(None),
         }
     }
 
     /// Records that the output now holds a token valid until `at`.
     pub fn set_expires_at(&self, at: SystemTime) {
-        *self.expires_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+        self.expires_at.send_replace(Some(at));
     }
 
     pub fn expires_at(&self) -> Option<SystemTime> {
-        *self.expires_at.lock().unwrap_or_else(|e| e.into_inner())
+        *self.expires_at.borrow()
+    }
+
+    /// Follows the expiry of what the output holds: a change means a new token was written.
+    pub fn subscribe(&self) -> watch::Receiver<Option<SystemTime>> {
+        self.expires_at.subscribe()
     }
 }
 

@@ -91,13 +91,12 @@ impl TrustSources {
         Ok(roots)
     }
 
-    /// A TLS client configuration trusting [`Self::root_store`], speaking HTTP/1.1.
+    /// A TLS client configuration trusting [`Self::root_store`]. It offers no ALPN protocol,
+    /// so connections speak HTTP/1.1 (the HTTP clients that take it add their own if needed).
     pub fn client_config(&self) -> Result<rustls::ClientConfig, TrustError> {
-        let mut config = rustls::ClientConfig::builder()
+        Ok(rustls::ClientConfig::builder()
             .with_root_certificates(self.root_store()?)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(config)
+            .with_no_client_auth())
     }
 }
 

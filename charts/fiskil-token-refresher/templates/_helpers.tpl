@@ -158,6 +158,19 @@ template that renders the refresher, so a bad combination fails the render.
 {{- if and .Values.ca.configMap .Values.ca.secret }}
 {{- fail "ca: set configMap or secret, not both" }}
 {{- end }}
+{{- with .Values.example }}
+{{- if and .notify.signal (not .notify.pidFile) }}
+{{- fail "example.notify.signal needs example.notify.pidFile, the pid file the app writes" }}
+{{- end }}
+{{- if and .tokenEndpoint.port .proxy.port (eq (int .tokenEndpoint.port) (int .proxy.port)) }}
+{{- fail "example.tokenEndpoint.port and example.proxy.port must differ" }}
+{{- end }}
+{{- range list .tokenEndpoint.port .proxy.port }}
+{{- if and . (eq (int .) (int $.Values.port)) }}
+{{- fail (printf "example.tokenEndpoint.port and example.proxy.port must differ from port (%v), the health and metrics port" $.Values.port) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*

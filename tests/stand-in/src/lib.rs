@@ -9,12 +9,19 @@
 //! OAuth2 client-credentials endpoint with an OIDC discovery document (for generic OAuth2
 //! token refreshers), and [`StandIn::enable_control`] serves `/control/` paths through which
 //! another process can change the behaviour and read counters.
+//!
+//! [`StandIn::enable_api`] serves the API side (see [`api`]): every other path accepts only
+//! tokens the stand-in issued and has not revoked ([`StandIn::revoke_all`], or
+//! `POST /control/revoke` with the control paths on).
+
+pub mod api;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -42,6 +49,8 @@ pub const OAUTH2_JWKS_PATH: &str = "/oauth2/jwks";
 pub const CONTROL_BEHAVIOUR_PATH: &str = "/control/behaviour";
 /// `GET` counters here (served with [`StandIn::enable_control`]).
 pub const CONTROL_STATS_PATH: &str = "/control/stats";
+/// `POST` here to revoke every token issued so far (served with [`StandIn::enable_control`]).
+pub const CONTROL_REVOKE_PATH: &str = "/control/revoke";
 const FORM: &str = "application/x-www-form-urlencoded";
 
 /// How the stand-in answers a token request.
@@ -91,6 +100,12 @@ struct State {
     oauth2: bool,
     /// The control paths are served.
     control: bool,
+    /// Every other path is the API side.
+    api: bool,
+    /// Tokens the API side no longer accepts.
+    revoked: Vec<String>,
+    /// API requests so far.
+    api_seen: Vec<api::ApiSeen>,
 }
 
 /// A running stand-in. Dropping it stops the server.
@@ -130,6 +145,9 @@ impl StandIn {
             lenient: false,
             oauth2: false,
             control: false,
+            api: false,
+            revoked: Vec::new(),
+            api_seen: Vec::new(),
         }));
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -225,6 +243,28 @@ impl StandIn {
         self.lock().control = true;
     }
 
+    /// Serve the API side on every path that is not otherwise served (see [`api`]).
+    pub fn enable_api(&self) {
+        self.lock().api = true;
+    }
+
+    /// From now on the API side refuses every token issued so far.
+    pub fn revoke_all(&self) {
+        let mut guard = self.lock();
+        let issued = guard.issued.clone();
+        guard.revoked.extend(issued);
+    }
+
+    /// Every API request so far.
+    pub fn api_seen(&self) -> Vec<api::ApiSeen> {
+        self.lock().api_seen.clone()
+    }
+
+    /// The API side's base URL.
+    pub fn api_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
     /// The OIDC issuer URL of the OAuth2 mode.
     pub fn issuer_url(&self) -> String {
         format!("https://localhost:{}", self.addr.port())
@@ -248,15 +288,34 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<Mutex<St
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let state = Arc::clone(&state);
-                async move { answer(request, &state).await }
+                async move {
+                    if is_api(&state, request.uri().path()) {
+                        return Ok(api::answer(request, &state).await);
+                    }
+                    answer(request, &state).await.map(|r| r.map(boxed))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
         });
     }
+}
+
+/// True when `path` belongs to the API side: it is on and no other route serves the path.
+fn is_api(state: &Mutex<State>, path: &str) -> bool {
+    let guard = state.lock().unwrap_or_else(|e| e.into_inner());
+    guard.api
+        && path != TOKEN_PATH
+        && !(guard.control && path.starts_with("/control/"))
+        && !(guard.oauth2
+            && [OAUTH2_TOKEN_PATH, OIDC_DISCOVERY_PATH, OAUTH2_JWKS_PATH].contains(&path))
+}
+
+fn boxed(body: Full<Bytes>) -> BoxBody<Bytes, hyper::Error> {
+    body.map_err(|never| match never {}).boxed()
 }
 
 /// What to do with a request.
@@ -701,8 +760,15 @@ fn control_reply(
                     "token_requests": token_requests,
                     "issued": guard.issued.len(),
                     "last_issued": guard.issued.last(),
+                    "api_requests": guard.api_seen.len(),
+                    "api_unauthorized": guard.api_seen.iter().filter(|s| s.status == 401).count(),
                 }),
             )
+        }
+        ("POST", CONTROL_REVOKE_PATH) => {
+            let issued = guard.issued.clone();
+            guard.revoked.extend(issued);
+            json_response(StatusCode::OK, &json!({"revoked": guard.revoked.len()}))
         }
         ("POST", CONTROL_BEHAVIOUR_PATH) => {
             let parsed = serde_json::from_slice::<Value>(body)

@@ -2,14 +2,15 @@
 //!
 //! Usage: fiskil-stand-in [--listen ADDR] [--ca-out PATH] [--expires-in SECONDS]
 //!                        [--client-id ID] [--client-secret SECRET]
-//!                        [--lenient] [--oauth2] [--control]
+//!                        [--lenient] [--oauth2] [--control] [--api]
 //!
 //! `--lenient` answers Fiskil token requests whose headers differ from the documented ones
 //! (a `curl` loop's, say); `--oauth2` also serves a standard OAuth2 client-credentials
 //! endpoint at /oauth2/token with OIDC discovery at /.well-known/openid-configuration (the
 //! issuer is https://localhost:PORT); `--control` serves `POST /control/behaviour`
 //! (`{"behaviour":"fail","status":500}`, `{"behaviour":"issue","expires_in":3}`, ...) and
-//! `GET /control/stats` (request and token counters) on the same server.
+//! `GET /control/stats` (request and token counters) and `POST /control/revoke` on the same
+//! server; `--api` serves the API side on every other path (tokens it issued only).
 
 use std::process::ExitCode;
 
@@ -21,13 +22,14 @@ fn main() -> ExitCode {
     let mut expires_in = "900".to_owned();
     let mut client_id = "demo-client".to_owned();
     let mut client_secret = "demo-secret".to_owned();
-    let (mut lenient, mut oauth2, mut control) = (false, false, false);
+    let (mut lenient, mut oauth2, mut control, mut api) = (false, false, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let switch = match flag.as_str() {
             "--lenient" => Some(&mut lenient),
             "--oauth2" => Some(&mut oauth2),
             "--control" => Some(&mut control),
+            "--api" => Some(&mut api),
             _ => None,
         };
         if let Some(switch) = switch {
@@ -63,6 +65,9 @@ fn main() -> ExitCode {
     if control {
         stand_in.enable_control();
     }
+    if api {
+        stand_in.enable_api();
+    }
     if let Err(e) = std::fs::write(&ca_out, stand_in.ca_pem()) {
         eprintln!("fiskil-stand-in: cannot write {ca_out}: {e}");
         return ExitCode::from(1);
@@ -74,6 +79,9 @@ fn main() -> ExitCode {
             stand_in.oauth2_url(),
             stand_in.issuer_url()
         );
+    }
+    if api {
+        println!("API side {}", stand_in.api_url());
     }
     if control {
         println!(

@@ -1,0 +1,642 @@
+//! The authenticating reverse proxy: forwards loopback requests upstream with the current token.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::cli::is_loopback_url;
+use crate::fiskil::HttpSettings;
+use crate::fiskil::{error_chain, ClientError, Token};
+use crate::metrics::Metrics;
+use crate::reach::{check_loopback, ReachConfigError};
+
+/// Request bodies up to this size are kept, so the request can be sent again after a 401.
+pub const MAX_RETRY_BODY: usize = 64 * 1024;
+/// A 401 asks for a new token at most this often; more 401s in between are passed through.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// How long idle upstream connections are kept for reuse.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// The proxy's flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Serve a reverse proxy to the Fiskil API on this loopback address; it adds the token
+    #[arg(long, env = "FISKIL_PROXY_LISTEN", value_name = "ADDR")]
+    pub proxy_listen: Option<SocketAddr>,
+
+    /// Where the proxy forwards, scheme://host[:port] [default: the origin of --token-url]
+    #[arg(long, env = "FISKIL_PROXY_UPSTREAM", value_name = "URL")]
+    pub proxy_upstream: Option<String>,
+}
+
+/// The proxy's settings, validated.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// The upstream origin: scheme, host and port.
+    pub upstream: Url,
+}
+
+/// A mistake in the proxy flags.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyConfigError {
+    #[error("--proxy-upstream {0:?} is not a valid URL: {1}")]
+    BadUrl(String, url::ParseError),
+    #[error("--proxy-upstream {0} uses http:// to a host that is not loopback; the token must travel over TLS, so use https://")]
+    PlainHttp(String),
+    #[error("--proxy-upstream {0} has an unsupported scheme; use https://")]
+    BadScheme(String),
+    #[error("--proxy-upstream {0} has a path, query or user; give only scheme://host[:port], request paths come from the application")]
+    NotOrigin(String),
+    #[error(
+        "--proxy-upstream is set but --proxy-listen is not; add --proxy-listen 127.0.0.1:PORT"
+    )]
+    UpstreamWithoutListen,
+}
+
+impl ProxyArgs {
+    /// The proxy's settings if `--proxy-listen` is given; the upstream defaults to the origin
+    /// of `token_url`.
+    pub fn validate(self, token_url: &Url) -> Result<Option<ProxyConfig>, ReachConfigError> {
+        let Some(listen) = self.proxy_listen else {
+            return match self.proxy_upstream {
+                Some(_) => Err(ProxyConfigError::UpstreamWithoutListen.into()),
+                None => Ok(None),
+            };
+        };
+        let listen = check_loopback("--proxy-listen", listen)?;
+        let upstream = match self.proxy_upstream {
+            Some(raw) => check_upstream(&raw)?,
+            None => origin(token_url),
+        };
+        Ok(Some(ProxyConfig { listen, upstream }))
+    }
+}
+
+fn origin(url: &Url) -> Url {
+    let mut origin = url.clone();
+    origin.set_path("/");
+    origin.set_query(None);
+    origin.set_fragment(None);
+    let _ = origin.set_username("");
+    let _ = origin.set_password(None);
+    origin
+}
+
+fn check_upstream(raw: &str) -> Result<Url, ProxyConfigError> {
+    let url = Url::parse(raw).map_err(|e| ProxyConfigError::BadUrl(raw.to_owned(), e))?;
+    if url.path() != "/"
+        || url.query().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(ProxyConfigError::NotOrigin(raw.to_owned()));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback_url(&url) => Ok(url),
+        "http" => Err(ProxyConfigError::PlainHttp(raw.to_owned())),
+        _ => Err(ProxyConfigError::BadScheme(raw.to_owned())),
+    }
+}
+
+type Tokens = watch::Receiver<Option<Arc<Token>>>;
+type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+/// Forwards requests to one upstream with the current token.
+pub struct Proxy {
+    client: Client<HttpsConnector<HttpConnector>, Outgoing>,
+    scheme: Scheme,
+    authority: Authority,
+    shown_upstream: String,
+    tokens: Tokens,
+    refresh: SingleFlight,
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// Builds the upstream client: the token client's trust, HTTP/1.1 with keep-alive, no
+    /// environment proxies, no redirects.
+    pub fn new(
+        config: &ProxyConfig,
+        http: &HttpSettings,
+        tokens: Tokens,
+        refresh_now: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Proxy, ClientError> {
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(http.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(http.trust.client_config()?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(https);
+        let host = config.upstream.host_str().unwrap_or("localhost");
+        let authority = match config.upstream.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let authority = Authority::try_from(authority.as_str())
+            .map_err(|e| ClientError::Build(format!("--proxy-upstream host: {e}")))?;
+        let scheme = if config.upstream.scheme() == "https" {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        Ok(Proxy {
+            client,
+            scheme,
+            authority,
+            shown_upstream: config.upstream.as_str().trim_end_matches('/').to_owned(),
+            refresh: SingleFlight {
+                last: Mutex::new(None),
+                refresh_now,
+                tokens: tokens.clone(),
+                wait: http.request_timeout + http.connect_timeout,
+            },
+            tokens,
+            metrics,
+        })
+    }
+
+    /// Answers one request: forwards it, or refuses it; logs and counts it.
+    async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let response = self.forward(request).await;
+        let elapsed = started.elapsed();
+        let code = response.status().as_u16();
+        self.metrics.observe_proxy(code, elapsed.as_secs_f64());
+        tracing::info!(
+            method = %method,
+            path = %path,
+            status = code,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "proxied"
+        );
+        response
+    }
+
+    async fn forward(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        if request.method() == Method::CONNECT {
+            return refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!(
+                    "CONNECT is refused: this is a reverse proxy to {}, not a forward proxy",
+                    self.shown_upstream
+                ),
+            );
+        }
+        let uri = request.uri();
+        let target = match uri.path_and_query() {
+            Some(target)
+                if uri.scheme().is_none()
+                    && uri.authority().is_none()
+                    && target.as_str().starts_with('/') =>
+            {
+                target.clone()
+            }
+            _ => {
+                let message = format!(
+                    "only origin-form targets (GET /path) are accepted; all go to {}",
+                    self.shown_upstream
+                );
+                return refusal(StatusCode::BAD_REQUEST, &message);
+            }
+        };
+        let Some(token) = self.current_token() else {
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no unexpired token yet; see the daemon's logs and /readyz",
+            );
+        };
+        let (parts, body) = request.into_parts();
+        let body = match Outgoing::read(body).await {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the request body");
+                return refusal(StatusCode::BAD_REQUEST, "cannot read the request body");
+            }
+        };
+        let kept = body.try_clone();
+        let headers = forwarded_headers(&parts.headers);
+        let response = match self.send(&parts, &target, &headers, &token, body).await {
+            Ok(response) => response,
+            Err(response) => return response,
+        };
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return passed_back(response);
+        }
+        self.refresh.request(&token);
+        let Some(kept) = kept else {
+            return passed_back(response);
+        };
+        let Some(fresh) = self.refresh.newer_than(&token).await else {
+            return passed_back(response);
+        };
+        drop(response);
+        match self.send(&parts, &target, &headers, &fresh, kept).await {
+            Ok(response) => passed_back(response),
+            Err(response) => response,
+        }
+    }
+
+    fn current_token(&self) -> Option<Arc<Token>> {
+        let now = SystemTime::now();
+        self.tokens
+            .borrow()
+            .clone()
+            .filter(|token| token.expires_at() > now)
+    }
+
+    /// Sends one request upstream; a transport failure becomes a 502 answer.
+    async fn send(
+        &self,
+        parts: &Parts,
+        target: &PathAndQuery,
+        headers: &HeaderMap,
+        token: &Token,
+        body: Outgoing,
+    ) -> Result<Response<Incoming>, Response<ResponseBody>> {
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(target.clone())
+            .build()
+            .map_err(|_| {
+                refusal(
+                    StatusCode::BAD_REQUEST,
+                    "the request target cannot be forwarded",
+                )
+            })?;
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.value.expose_secret()))
+            .map_err(|_| {
+                refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the token cannot be sent in a header",
+                )
+            })?;
+        bearer.set_sensitive(true);
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers.clone();
+        request.headers_mut().insert(header::AUTHORIZATION, bearer);
+        self.client.request(request).await.map_err(|e| {
+            let upstream = &self.shown_upstream;
+            tracing::warn!(%upstream, error = %error_chain(&e), "upstream request failed");
+            refusal(
+                StatusCode::BAD_GATEWAY,
+                &format!("the request to {upstream} failed"),
+            )
+        })
+    }
+}
+
+/// One token refresh however many requests saw a 401 for the same token.
+struct SingleFlight {
+    /// The token a refresh was last asked for, and when.
+    last: Mutex<Option<(Weak<Token>, Instant)>>,
+    refresh_now: Arc<Notify>,
+    tokens: Tokens,
+    wait: Duration,
+}
+
+impl SingleFlight {
+    /// Asks the refresh loop for a new token, unless one was already asked for `rejected`, a
+    /// newer token is already there, or the last request was less than
+    /// [`MIN_REFRESH_INTERVAL`] ago.
+    fn request(&self, rejected: &Arc<Token>) {
+        let current = self.tokens.borrow().clone();
+        if current.is_some_and(|current| !Arc::ptr_eq(&current, rejected)) {
+            return;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((token, at)) = last.as_ref() {
+            if token.ptr_eq(&Arc::downgrade(rejected)) || at.elapsed() < MIN_REFRESH_INTERVAL {
+                return;
+            }
+        }
+        *last = Some((Arc::downgrade(rejected), Instant::now()));
+        tracing::info!("the upstream answered 401; asking for a new token");
+        self.refresh_now.notify_one();
+    }
+
+    /// Waits for a token other than `rejected`, if a refresh was asked for it.
+    async fn newer_than(&self, rejected: &Arc<Token>) -> Option<Arc<Token>> {
+        let mut tokens = self.tokens.clone();
+        let asked = {
+            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            last.as_ref()
+                .is_some_and(|(token, _)| token.ptr_eq(&Arc::downgrade(rejected)))
+        };
+        let newer = |tokens: &mut Tokens| {
+            tokens
+                .borrow_and_update()
+                .clone()
+                .filter(|token| !Arc::ptr_eq(token, rejected))
+        };
+        if let Some(token) = newer(&mut tokens) {
+            return Some(token);
+        }
+        if !asked {
+            return None;
+        }
+        tokio::time::timeout(self.wait, async {
+            loop {
+                tokens.changed().await.ok()?;
+                if let Some(token) = newer(&mut tokens) {
+                    return Some(token);
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// A request body on its way upstream: kept whole when small, else streamed as it arrives.
+enum Outgoing {
+    Kept {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+    Streamed {
+        read: VecDeque<Bytes>,
+        rest: Incoming,
+    },
+}
+
+impl Outgoing {
+    /// Reads up to [`MAX_RETRY_BODY`] bytes; a longer body streams on from there.
+    async fn read(mut body: Incoming) -> Result<Outgoing, hyper::Error> {
+        let mut read = VecDeque::new();
+        if body.size_hint().lower() > MAX_RETRY_BODY as u64 {
+            return Ok(Outgoing::Streamed { read, rest: body });
+        }
+        let mut length = 0;
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            match frame?.into_data() {
+                Ok(data) => {
+                    length += data.len();
+                    read.push_back(data);
+                    if length > MAX_RETRY_BODY {
+                        return Ok(Outgoing::Streamed { read, rest: body });
+                    }
+                }
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        let data = match read.len() {
+            0 => None,
+            1 => read.pop_front(),
+            _ => Some(read.into_iter().flatten().collect()),
+        };
+        Ok(Outgoing::Kept { data, trailers })
+    }
+
+    /// A copy, for a kept body.
+    fn try_clone(&self) -> Option<Outgoing> {
+        match self {
+            Outgoing::Kept { data, trailers } => Some(Outgoing::Kept {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            }),
+            Outgoing::Streamed { .. } => None,
+        }
+    }
+}
+
+impl Body for Outgoing {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Outgoing::Kept { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+            Outgoing::Streamed { read, rest } => match read.pop_front() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Outgoing::Kept { data, trailers } => data.is_none() && trailers.is_none(),
+            Outgoing::Streamed { read, rest } => read.is_empty() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Outgoing::Kept { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Outgoing::Streamed { read, rest } => {
+                let read: u64 = read.iter().map(|d| d.len() as u64).sum();
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + read);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + read);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// The client's headers minus hop-by-hop ones, `Host`, `Expect` and any `Authorization`.
+fn forwarded_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut headers = headers.clone();
+    remove_hop_by_hop(&mut headers);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::HOST);
+    headers.remove(header::EXPECT);
+    headers
+}
+
+/// Removes `Connection`, the headers it names, and the other hop-by-hop headers.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn passed_back(response: Response<Incoming>) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// An answer of the proxy's own, with a JSON error.
+fn refusal(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Accepts connections on `listener` and serves them until `shutdown`.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "the proxy cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let proxy = Arc::clone(&proxy);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let proxy = Arc::clone(&proxy);
+                async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_url() -> Url {
+        Url::parse("https://api.fiskil.com/v1/token").unwrap()
+    }
+
+    fn args(listen: Option<&str>, upstream: Option<&str>) -> ProxyArgs {
+        ProxyArgs {
+            proxy_listen: listen.map(|a| a.parse().unwrap()),
+            proxy_upstream: upstream.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_upstream_defaults_to_the_token_urls_origin() {
+        let config = args(Some("127.0.0.1:8080"), None)
+            .validate(&token_url())
+            .unwrap()
+            .unwrap();
+        assert_eq!(config.upstream.as_str(), "https://api.fiskil.com/");
+        assert!(args(None, None).validate(&token_url()).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_proxy_listens_on_loopback_and_sends_over_tls_or_to_loopback() {
+        let bad = |listen: &str, upstream: Option<&str>| {
+            args(Some(listen), upstream)
+                .validate(&token_url())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("0.0.0.0:8080", None).contains("not a loopback address"));
+        assert!(bad("127.0.0.1:1", Some("http://api.fiskil.com")).contains("uses http://"));
+        assert!(bad("127.0.0.1:1", Some("https://api.fiskil.com/v1")).contains("has a path"));
+        assert!(bad("127.0.0.1:1", Some("ftp://x")).contains("unsupported scheme"));
+        assert!(args(Some("[::1]:1"), Some("http://127.0.0.1:8443"))
+            .validate(&token_url())
+            .is_ok());
+        assert!(args(None, Some("https://x"))
+            .validate(&token_url())
+            .unwrap_err()
+            .to_string()
+            .contains("--proxy-listen is not"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_credentials_are_not_forwarded() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic eA=="),
+            ("authorization", "Bearer from-the-client"),
+            ("host", "127.0.0.1:8080"),
+            ("expect", "100-continue"),
+            ("x-request-id", "abc"),
+            ("content-type", "application/json"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let forwarded = forwarded_headers(&headers);
+        let mut names: Vec<&str> = forwarded.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-request-id"]);
+    }
+}
