@@ -153,3 +153,30 @@ fn bad_options_exit_2_with_the_daemons_message() {
         "daemon flags before the command"
     );
 }
+
+/// The README's `explain` examples are what the binary prints today.
+#[test]
+fn the_readme_shows_real_output() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut checked = 0;
+    for block in readme.split("```console\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        let (command, shown) = block.split_once('\n').unwrap();
+        let Some(rest) = command.strip_prefix("$ fiskil-token-refresher explain") else {
+            continue;
+        };
+        let binary = support::Daemon::binary();
+        let line = format!("'{binary}' explain{rest}");
+        let output = Command::new("bash")
+            .args(["-c", &line])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{command}: {}", stderr(&output));
+        assert_eq!(stdout(&output), shown, "README output of {command}");
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} examples found");
+}
