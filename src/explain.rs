@@ -14,8 +14,10 @@ const MAX_EXPIRES_IN: u64 = 30 * 24 * 3600;
 /// Probability that the stated one-second peak is exceeded somewhere in the refresh window.
 const PEAK_RISK: f64 = 0.01;
 
-/// Points at which the refresh delay is sampled to find its mean and its densest second.
+/// Points at which the refresh delay is sampled to find its mean and its densest second: at
+/// least this many, and at least this many per second of the window.
 const SAMPLES: u32 = 100_000;
+const SAMPLES_PER_SECOND: u64 = 64;
 
 /// The failure the retry figures assume: a passing fault without `Retry-After`.
 const TRANSIENT: Failure = Failure::Transient { retry_after: None };
@@ -404,17 +406,20 @@ fn refresh_distribution(timing: &Timing, lifetime: Duration) -> Distribution {
     let last = timing.refresh_delay(lifetime, 0.0).as_secs();
     let seconds = last - first + 1;
     let mut counts = vec![0u32; usize::try_from(seconds).expect("a window of at most 30 days")];
+    let samples = u32::try_from(seconds * SAMPLES_PER_SECOND)
+        .unwrap_or(u32::MAX)
+        .max(SAMPLES);
     let mut sum = 0.0;
-    for i in 0..SAMPLES {
-        let unit = (f64::from(i) + 0.5) / f64::from(SAMPLES);
+    for i in 0..samples {
+        let unit = (f64::from(i) + 0.5) / f64::from(samples);
         let delay = timing.refresh_delay(lifetime, unit);
         sum += delay.as_secs_f64();
         counts[usize::try_from(delay.as_secs() - first).expect("in the window")] += 1;
     }
     let densest = counts.iter().copied().max().unwrap_or(0);
     Distribution {
-        mean: (sum / f64::from(SAMPLES) * 1000.0).round() / 1000.0,
-        densest_second: f64::from(densest) / f64::from(SAMPLES),
+        mean: (sum / f64::from(samples) * 1000.0).round() / 1000.0,
+        densest_second: f64::from(densest) / f64::from(samples),
         seconds,
     }
 }
@@ -449,7 +454,7 @@ fn peak(pods: u64, p: f64, seconds: u64, risk: f64) -> u64 {
 
 /// Requests sent within `window` of the first one while every attempt fails: the first at 0,
 /// each next one a retry delay (drawn with `unit`) after the previous failure.
-pub fn attempts_within(timing: &Timing, window: Duration, unit: f64) -> u64 {
+fn attempts_within(timing: &Timing, window: Duration, unit: f64) -> u64 {
     let mut at = Duration::ZERO;
     let mut failures: u32 = 0;
     while at < window {
@@ -495,9 +500,14 @@ fn span(min: Duration, max: Duration) -> Span {
     }
 }
 
-/// Seconds with at most three decimals, trailing zeros dropped.
+/// A number with three decimals, or three significant digits below 1, trailing zeros dropped.
 fn num(value: f64) -> String {
-    let text = format!("{value:.3}");
+    let decimals = if value > 0.0 && value < 1.0 {
+        (2 - value.log10().floor() as i32).clamp(3, 9) as usize
+    } else {
+        3
+    };
+    let text = format!("{value:.decimals$}");
     let text = text.trim_end_matches('0').trim_end_matches('.');
     text.to_owned()
 }

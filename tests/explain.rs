@@ -43,6 +43,9 @@ fn the_text_report_describes_the_defaults() {
 
 #[test]
 fn the_json_report_follows_flags_and_environment() {
+    // A token endpoint that would see any request explain sent.
+    let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/token", endpoint.local_addr().unwrap());
     let output = run(
         &[
             "explain",
@@ -57,8 +60,20 @@ fn the_json_report_follows_flags_and_environment() {
             ("FISKIL_REFRESH_JITTER", "0.1"),
             // The daemon's other settings in the environment (as in a pod) do not get in the way.
             ("FISKIL_TOKEN_FILE", "/nonexistent/token"),
+            ("FISKIL_TOKEN_URL", &url),
+            ("FISKIL_INSECURE_ALLOW_HTTP", "true"),
+            ("FISKIL_CLIENT_ID", "explain-client-id"),
+            ("FISKIL_CLIENT_SECRET", "explain-client-secret-value"),
         ],
     );
+    endpoint.set_nonblocking(true).unwrap();
+    assert_eq!(
+        endpoint.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "explain connected to the token endpoint"
+    );
+    let all = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(!all.contains("explain-client"), "{all}");
     assert!(output.status.success(), "{}", stderr(&output));
     let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(report["refresh_s"]["min"], 360.0);
