@@ -8,6 +8,7 @@ use clap::Parser;
 
 use crate::admin::AdminArgs;
 use crate::credentials::{CredentialArgs, CredentialSources, CredentialTwice};
+use crate::explain::ExplainArgs;
 use crate::fiskil::{HttpArgs, HttpArgsError, HttpSettings};
 use crate::reach::{Reach, ReachArgs, ReachConfigError};
 use crate::refresher::OnceArgs;
@@ -48,8 +49,11 @@ Signals:
 /// Keeps a valid Fiskil API bearer token in a file and/or a Kubernetes Secret, refreshed before it
 /// expires.
 #[derive(Parser, Debug)]
-#[command(name = "fiskil-token-refresher", version, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(name = "fiskil-token-refresher", version, after_help = AFTER_HELP, max_term_width = 100,
+          args_conflicts_with_subcommands = true, disable_help_subcommand = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
@@ -68,6 +72,14 @@ pub struct Args {
     pub reach: ReachArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// What to do instead of running the daemon.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Print what the timing options will do (refresh window, margin, retries, outage recovery,
+    /// load for N pods) without sending any request
+    Explain(ExplainArgs),
 }
 
 /// A configuration mistake, reported as one line before anything is sent.

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod explain;
 pub mod fiskil;
 pub mod metrics;
 pub mod reach;

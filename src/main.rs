@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fiskil_token_refresher::config::{Args, Config};
+use fiskil_token_refresher::config::{Args, Command, Config};
+use fiskil_token_refresher::explain::ExplainArgs;
 
 fn main() -> ExitCode {
     if rustls::crypto::ring::default_provider()
@@ -13,7 +14,10 @@ fn main() -> ExitCode {
         eprintln!("fiskil-token-refresher: error: a TLS crypto provider was already installed");
         return ExitCode::from(1);
     }
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::Explain(explain)) = args.command.take() {
+        return explain_timing(&explain);
+    }
     let config = match Config::from_args(args, |name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(e) => {
@@ -37,6 +41,20 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "exiting");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `explain`: prints the report; a bad timing option is a configuration error, as for the daemon.
+fn explain_timing(args: &ExplainArgs) -> ExitCode {
+    match args.report() {
+        Ok(report) => {
+            print!("{}", args.render(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fiskil-token-refresher: error: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -9,7 +9,13 @@ use std::time::Duration;
 use support::{wait_for, Fixture};
 
 fn help() -> String {
+    help_of(&[])
+}
+
+/// `--help` of the daemon, or of a command such as `explain`.
+fn help_of(command: &[&str]) -> String {
     let output = Command::new(support::Daemon::binary())
+        .args(command)
         .arg("--help")
         .env("COLUMNS", "200")
         .output()
@@ -56,13 +62,36 @@ fn every_option_is_in_the_readme_with_its_environment_variable_and_default() {
         "parsed only {} options from --help",
         options.len()
     );
+    for (flag, env, _) in &options {
+        assert!(
+            !env.is_empty(),
+            "daemon option {flag} has no environment variable"
+        );
+    }
+    check_rows(options, &readme);
+}
+
+/// `explain` takes the daemon's timing options (same rows) and its own, which have no
+/// environment variables.
+#[test]
+fn every_explain_option_is_in_the_readme() {
+    let options = options(&help_of(&["explain"]));
+    let own: Vec<_> = options
+        .iter()
+        .filter(|(_, env, _)| env.is_empty())
+        .collect();
+    assert!(own.len() >= 5, "explain shows only {own:?} of its own");
+    check_rows(options, &readme());
+}
+
+fn check_rows(options: Vec<(String, String, Option<String>)>, readme: &str) {
     for (flag, env, default) in options {
         let row = readme
             .lines()
             .find(|line| line.starts_with(&format!("| `{flag}` |")))
             .unwrap_or_else(|| panic!("README has no options row for {flag}"));
         assert!(
-            row.contains(&format!("`{env}`")),
+            env.is_empty() || row.contains(&format!("`{env}`")),
             "README row of {flag} lacks `{env}`: {row}"
         );
         if let Some(default) = default {
