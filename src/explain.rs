@@ -139,10 +139,8 @@ pub struct Outage {
     pub delay_s: Span,
     /// Requests a minute from each refresher while the endpoint keeps failing.
     pub requests_per_minute: Span,
-    /// The longest retry delay scheduled before expiry that can run past it.
-    pub crossing_delay_s: f64,
-    /// Worst case from the endpoint healing to a new token (request time not included): the
-    /// crossing delay for a heal within that long after expiry, `delay_s.max` later.
+    /// Worst case from the endpoint healing to a new token (request time not included): no retry
+    /// runs more than `delay_s.max` past the token's expiry, and none is further apart after it.
     pub heal_to_token_s: f64,
 }
 
@@ -195,16 +193,13 @@ impl Report {
 
         let outage_min = timing.backoff(u32::MAX, Held::Expired, 0.0);
         let outage_max = timing.backoff(u32::MAX, Held::Expired, 1.0);
-        let last_failure = u32::try_from(attempts.max).unwrap_or(u32::MAX);
-        let crossing = timing.backoff(last_failure, Held::Valid, 1.0);
         let outage = Outage {
             delay_s: span(outage_min, outage_max),
             requests_per_minute: Span {
                 min: 60.0 / outage_max.as_secs_f64(),
                 max: 60.0 / outage_min.as_secs_f64(),
             },
-            crossing_delay_s: crossing.as_secs_f64(),
-            heal_to_token_s: crossing.max(outage_max).as_secs_f64(),
+            heal_to_token_s: outage_max.as_secs_f64(),
         };
 
         let mean = delays.mean;
@@ -340,11 +335,9 @@ impl Report {
         );
         let _ = writeln!(
             w,
-            "  after the endpoint heals, a new token within {} s once the outage has outlasted the \
-             token by {} s; within {} s before that (a retry scheduled while the token was valid \
-             can run past its expiry)",
-            num(o.delay_s.max),
-            num(o.crossing_delay_s),
+            "  a new token within {} s of the endpoint healing once the token has expired; a heal \
+             before the expiry gets one {} s after the expiry at the latest",
+            num(o.heal_to_token_s),
             num(o.heal_to_token_s)
         );
         let l = &r.load;
@@ -457,28 +450,42 @@ fn peak(pods: u64, p: f64, seconds: u64, risk: f64) -> u64 {
 fn attempts_within(timing: &Timing, window: Duration, unit: f64) -> u64 {
     let mut at = Duration::ZERO;
     let mut failures: u32 = 0;
+    let mut sent: u64 = 0;
     while at < window {
-        failures += 1;
+        sent += 1;
+        failures = failures.saturating_add(1);
+        let held = Held::Valid { left: window - at };
         let delay = timing
-            .retry_delay(failures, TRANSIENT, Held::Valid, unit)
+            .retry_delay(failures, TRANSIENT, held, unit)
             .max(Duration::from_nanos(1));
-        if timing.backoff_ceiling(failures, Held::Valid) == timing.backoff_max {
-            // From here every delay is the same: count the rest at once.
-            let left = (window - at).as_secs_f64() / delay.as_secs_f64();
-            return u64::from(failures) - 1 + left.ceil() as u64;
-        }
         at += delay;
+        // Once the ceiling is --backoff-max every delay is the same, until the expiry comes close
+        // enough to cap it: count those requests at once.
+        if timing.backoff_ceiling(failures, PLENTY) == timing.backoff_max {
+            let reach = timing.backoff_max + timing.backoff_max_expired;
+            let free = window.saturating_sub(at).saturating_sub(reach);
+            let skip = (free.as_secs_f64() / delay.as_secs_f64()).floor();
+            if skip >= 1.0 {
+                sent += skip as u64;
+                at += delay.mul_f64(skip);
+            }
+        }
     }
-    u64::from(failures)
+    sent
 }
+
+/// A token that stays valid long past any retry: the plain backoff schedule.
+const PLENTY: Held = Held::Valid {
+    left: Duration::MAX,
+};
 
 /// The retry schedule until the ceiling reaches `--backoff-max`.
 fn retries(timing: &Timing) -> Vec<Retry> {
     let mut list = Vec::new();
     let (mut at_min, mut at_max) = (Duration::ZERO, Duration::ZERO);
     for failure in 1..=64 {
-        let min = timing.retry_delay(failure, TRANSIENT, Held::Valid, 0.0);
-        let max = timing.retry_delay(failure, TRANSIENT, Held::Valid, 1.0);
+        let min = timing.retry_delay(failure, TRANSIENT, PLENTY, 0.0);
+        let max = timing.retry_delay(failure, TRANSIENT, PLENTY, 1.0);
         at_min += min;
         at_max += max;
         list.push(Retry {
@@ -486,7 +493,7 @@ fn retries(timing: &Timing) -> Vec<Retry> {
             delay_s: span(min, max),
             at_s: span(at_min, at_max),
         });
-        if timing.backoff_ceiling(failure, Held::Valid) == timing.backoff_max {
+        if timing.backoff_ceiling(failure, PLENTY) == timing.backoff_max {
             break;
         }
     }
@@ -612,7 +619,7 @@ mod tests {
         );
         // Longest delays from a 180 s margin: sent at 0, 1, 3, 7, 15, 31, 63, 123 (183 is late);
         // shortest from 225 s: 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5, then every 30 s up to 211.5.
-        assert_eq!(report.attempts_in_margin, AttemptSpan { min: 8, max: 13 });
+        assert_eq!(report.attempts_in_margin, AttemptSpan { min: 8, max: 14 });
         assert_eq!(report.outage.delay_s, Span { min: 4.0, max: 8.0 });
         assert_eq!(
             report.outage.requests_per_minute,
@@ -621,8 +628,7 @@ mod tests {
                 max: 15.0
             }
         );
-        assert_eq!(report.outage.crossing_delay_s, 60.0);
-        assert_eq!(report.outage.heal_to_token_s, 60.0);
+        assert_eq!(report.outage.heal_to_token_s, 8.0);
         let consumers = report.secret_consumers.unwrap();
         assert_eq!(
             consumers.margin_s,
@@ -657,25 +663,39 @@ mod tests {
         let mut failures = 0;
         let mut sent_in_time = 0;
         loop {
-            if heal.is_some_and(|heal| refresh + heal <= at) {
-                return (sent_in_time, Some(at - refresh - heal.unwrap()));
+            if let Some(heal) = heal.filter(|heal| refresh + *heal <= at) {
+                // The first request after the heal gets the token: once the token has expired
+                // it comes within the outage figure of the heal, and a heal before the expiry
+                // waits at most that long past the expiry.
+                let healed = refresh + heal;
+                let bound =
+                    healed.max(lifetime) + Duration::from_secs_f64(report.outage.heal_to_token_s);
+                assert!(at <= bound, "token at {at:?}, healed at {healed:?}");
+                return (sent_in_time, Some(at - healed));
             }
-            let held = if at < lifetime {
-                Held::Valid
-            } else {
-                Held::Expired
+            let held = match lifetime.checked_sub(at) {
+                Some(left) if !left.is_zero() => Held::Valid { left },
+                _ => Held::Expired,
             };
-            if held == Held::Valid {
+            let valid = held != Held::Expired;
+            if valid {
                 sent_in_time += 1;
             } else if heal.is_none() {
                 return (sent_in_time, None);
             }
             failures += 1;
             let delay = t.retry_delay(failures, TRANSIENT, held, units());
-            if held == Held::Valid {
+            if valid {
+                // At most the plain schedule's delay, and never further past the expiry than
+                // the expired ceiling.
                 let row = report.retries[(failures as usize).min(report.retries.len()) - 1];
                 let d = delay.as_secs_f64();
-                assert!(d >= row.delay_s.min && d <= row.delay_s.max, "{d} {row:?}");
+                assert!(d <= row.delay_s.max, "{d} {row:?}");
+                assert!(
+                    at + delay <= lifetime + t.backoff_max_expired,
+                    "a retry at {:?} runs past the expiry",
+                    at + delay
+                );
             } else {
                 let d = delay.as_secs_f64();
                 assert!(d <= report.outage.delay_s.max, "{d} {:?}", report.outage);
@@ -714,22 +734,16 @@ mod tests {
             assert!(seen.0 <= seen.1);
 
             let mut rng = Units(11);
-            let crossing = Duration::from_secs_f64(report.outage.crossing_delay_s);
-            let outage_max = Duration::from_secs_f64(report.outage.delay_s.max);
             for step in 0..3000u32 {
                 // Heals spread from the refresh to well past the expiry.
                 let heal = Duration::from_secs_f64(
                     f64::from(step) / 3000.0 * (margin.max + 3.0 * report.backoff_max_s),
                 );
                 let (_, back) = simulate(&t, &report, lifetime, Some(heal), &mut || rng.next());
-                let back = back.unwrap();
                 assert!(
-                    back.as_secs_f64() <= report.outage.heal_to_token_s,
-                    "{argv:?}: {back:?} after healing at {heal:?}"
+                    back.is_some(),
+                    "{argv:?}: no token after healing at {heal:?}"
                 );
-                if heal >= Duration::from_secs_f64(margin.max) + crossing {
-                    assert!(back <= outage_max, "{argv:?}: {back:?} after {heal:?}");
-                }
             }
         }
     }

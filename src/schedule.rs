@@ -141,19 +141,24 @@ impl Due {
     }
 }
 
-/// Whether the daemon still holds a token that has not expired: after an outage has outlasted
-/// the token, retries are paced for a quick recovery rather than for sparing the endpoint.
+/// Whether the daemon still holds a token that has not expired, and for how long: after an
+/// outage has outlasted the token, retries are paced for a quick recovery rather than for
+/// sparing the endpoint, and no retry scheduled while the token was valid may run past its
+/// expiry by more than the expired ceiling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Held {
-    Valid,
+    /// A token valid for `left` more.
+    Valid {
+        left: Duration,
+    },
     Expired,
 }
 
 impl Held {
-    /// `Valid` while a token expiring at `expires_at` has not expired at `now`.
+    /// What is held at `now` when the token expires at `expires_at`.
     pub fn at(expires_at: Option<SystemTime>, now: SystemTime) -> Held {
-        match expires_at {
-            Some(at) if at > now => Held::Valid,
+        match expires_at.map(|at| at.duration_since(now)) {
+            Some(Ok(left)) if !left.is_zero() => Held::Valid { left },
             _ => Held::Expired,
         }
     }
@@ -180,8 +185,8 @@ impl Timing {
     }
 
     /// The ceiling of the retry delay after `failures` consecutive failures:
-    /// `min(backoff_max, backoff_initial * 2^(failures - 1))`, and at most
-    /// `backoff_max_expired` once the held token has expired.
+    /// `min(backoff_max, backoff_initial * 2^(failures - 1))`, at most `backoff_max_expired`
+    /// past the held token's expiry (so at most `backoff_max_expired` once it has expired).
     pub fn backoff_ceiling(&self, failures: u32, held: Held) -> Duration {
         let doublings = failures.saturating_sub(1).min(31);
         let ceiling = self
@@ -189,7 +194,7 @@ impl Timing {
             .saturating_mul(1 << doublings)
             .min(self.backoff_max);
         match held {
-            Held::Valid => ceiling,
+            Held::Valid { left } => ceiling.min(left.saturating_add(self.backoff_max_expired)),
             Held::Expired => ceiling.min(self.backoff_max_expired),
         }
     }
@@ -281,7 +286,9 @@ mod tests {
         assert_eq!(Held::at(Some(wall), wall), Held::Expired);
         assert_eq!(
             Held::at(Some(wall + Duration::from_secs(1)), wall),
-            Held::Valid
+            Held::Valid {
+                left: Duration::from_secs(1)
+            }
         );
     }
 
@@ -295,18 +302,32 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_maximum() {
-        use Held::*;
-        assert_eq!(TIMING.backoff(1, Valid, 1.0), Duration::from_secs(1));
-        assert_eq!(TIMING.backoff(2, Valid, 1.0), Duration::from_secs(2));
-        assert_eq!(TIMING.backoff(4, Valid, 1.0), Duration::from_secs(8));
-        assert_eq!(TIMING.backoff(7, Valid, 1.0), Duration::from_secs(60));
+        const VALID: Held = Held::Valid {
+            left: Duration::MAX,
+        };
+        assert_eq!(TIMING.backoff(1, VALID, 1.0), Duration::from_secs(1));
+        assert_eq!(TIMING.backoff(2, VALID, 1.0), Duration::from_secs(2));
+        assert_eq!(TIMING.backoff(4, VALID, 1.0), Duration::from_secs(8));
+        assert_eq!(TIMING.backoff(7, VALID, 1.0), Duration::from_secs(60));
         assert_eq!(
-            TIMING.backoff(u32::MAX, Valid, 1.0),
+            TIMING.backoff(u32::MAX, VALID, 1.0),
             Duration::from_secs(60)
         );
-        assert_eq!(TIMING.backoff(5, Valid, 0.5), Duration::from_secs(12));
-        assert_eq!(TIMING.backoff(5, Valid, 0.0), Duration::from_secs(8));
-        assert_eq!(TIMING.backoff(1, Valid, 0.0), Duration::from_millis(500));
+        assert_eq!(TIMING.backoff(5, VALID, 0.5), Duration::from_secs(12));
+        assert_eq!(TIMING.backoff(5, VALID, 0.0), Duration::from_secs(8));
+        assert_eq!(TIMING.backoff(1, VALID, 0.0), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn no_retry_runs_far_past_the_expiry_of_the_token_held() {
+        let soon = Held::Valid {
+            left: Duration::from_secs(10),
+        };
+        assert_eq!(TIMING.backoff_ceiling(9, soon), Duration::from_secs(18));
+        let later = Held::Valid {
+            left: Duration::from_secs(600),
+        };
+        assert_eq!(TIMING.backoff_ceiling(9, later), Duration::from_secs(60));
     }
 
     #[test]
@@ -327,35 +348,37 @@ mod tests {
 
     #[test]
     fn retry_delay_follows_the_failure_class() {
-        use Held::*;
+        const VALID: Held = Held::Valid {
+            left: Duration::MAX,
+        };
         assert_eq!(
-            TIMING.retry_delay(1, Failure::Rejected, Valid, 0.0),
+            TIMING.retry_delay(1, Failure::Rejected, VALID, 0.0),
             Duration::from_secs(60)
         );
         let asked = Failure::Transient {
             retry_after: Some(Duration::from_secs(7)),
         };
         assert_eq!(
-            TIMING.retry_delay(1, asked, Valid, 0.0),
+            TIMING.retry_delay(1, asked, VALID, 0.0),
             Duration::from_secs(7)
         );
         let greedy = Failure::Transient {
             retry_after: Some(Duration::from_secs(3600)),
         };
         assert_eq!(
-            TIMING.retry_delay(1, greedy, Valid, 0.0),
+            TIMING.retry_delay(1, greedy, VALID, 0.0),
             Duration::from_secs(60)
         );
         let now = Failure::Transient {
             retry_after: Some(Duration::ZERO),
         };
         assert_eq!(
-            TIMING.retry_delay(6, now, Valid, 0.0),
+            TIMING.retry_delay(6, now, VALID, 0.0),
             Duration::from_secs(16),
             "Retry-After: 0 never shortens the backoff"
         );
         assert_eq!(
-            TIMING.retry_delay(3, Failure::InvalidResponse, Valid, 1.0),
+            TIMING.retry_delay(3, Failure::InvalidResponse, VALID, 1.0),
             Duration::from_secs(4)
         );
     }

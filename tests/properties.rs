@@ -32,7 +32,15 @@ fn timing() -> impl Strategy<Value = Timing> {
 }
 
 fn held() -> impl Strategy<Value = Held> {
-    prop_oneof![Just(Held::Valid), Just(Held::Expired)]
+    prop_oneof![
+        Just(Held::Expired),
+        (0u64..10_000_000).prop_map(|ms| Held::Valid {
+            left: Duration::from_millis(ms)
+        }),
+        Just(Held::Valid {
+            left: Duration::MAX
+        }),
+    ]
 }
 
 proptest! {
@@ -80,8 +88,11 @@ proptest! {
         let ceiling = timing.backoff_ceiling(failures, held);
         prop_assert!(delay <= ceiling && ceiling <= timing.backoff_max);
         prop_assert!(ceiling <= timing.backoff_ceiling(failures + 1, held));
-        if held == Held::Expired {
-            prop_assert!(ceiling <= timing.backoff_max_expired);
+        match held {
+            Held::Expired => prop_assert!(ceiling <= timing.backoff_max_expired),
+            Held::Valid { left } => {
+                prop_assert!(ceiling <= left.saturating_add(timing.backoff_max_expired))
+            }
         }
     }
 
