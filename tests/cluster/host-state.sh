@@ -32,9 +32,12 @@ for tool in iptables-save ip6tables-save; do
 done
 for proc in /proc/[0-9]*; do
     exe="$(readlink "${proc}/exe" 2>/dev/null)" || continue
-    case "${exe##*/}" in
-    containerd | containerd-shim* | runc | kubelet-* | kube-scheduler-* | kube-controller-manager-* | pause* | fiskil-token-refresher)
-        echo "process ${exe##*/} $(tr '\0' ' ' 2>/dev/null <"${proc}/cmdline" | cut -c1-120)"
+    # The node's programs, and what runs in its containers (their executables
+    # are seen at their paths inside the container).
+    case "${exe}" in
+    */containerd | */containerd-shim* | */runc | */kubelet-* | */kube-scheduler-* | \
+        */kube-controller-manager-* | /pause | /fiskil-token-refresher | /bin/busybox)
+        echo "process ${exe} $(tr '\0' ' ' 2>/dev/null <"${proc}/cmdline" | cut -c1-120)"
         ;;
     esac
 done | sort

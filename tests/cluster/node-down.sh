@@ -37,12 +37,14 @@ node_ctr() {
     ctr --address "${DIR}/node/containerd/containerd.sock" --namespace k8s.io "$@"
 }
 
-# node_wait_no_containers SECONDS: until containerd holds no containers.
-node_wait_no_containers() {
-    local deadline=$((SECONDS + $1)) left
+# node_wait_no_running_tasks SECONDS: until no container runs. (The kubelet
+# removes stopped containers only at its next garbage collection, a minute
+# apart; node_remove_containers does that.)
+node_wait_no_running_tasks() {
+    local deadline=$((SECONDS + $1)) tasks
     while ((SECONDS < deadline)); do
-        left="$(node_ctr containers list -q 2>/dev/null)" || return 0
-        [[ -z ${left} ]] && return 0
+        tasks="$(node_ctr tasks list 2>/dev/null)" || return 0
+        awk 'NR > 1 && $3 == "RUNNING" { found = 1 } END { exit !found }' <<<"${tasks}" || return 0
         sleep 1
     done
     return 1
@@ -168,7 +170,7 @@ stop_node() {
     stop kube-controller-manager
     if [[ -f "${DIR}/kubelet.pid" ]] && kill -0 "$(cat "${DIR}/kubelet.pid")" 2>/dev/null; then
         node_api_delete_pods
-        node_wait_no_containers 60 || echo "down.sh: the kubelet left containers behind; removing them" >&2
+        node_wait_no_running_tasks 60 || echo "down.sh: containers still run after 60 s; killing them" >&2
     fi
     stop kubelet
     node_remove_containers
