@@ -27,7 +27,8 @@ for name in "${NODE_SYSCTLS[@]}" net.ipv4.ip_forward net.ipv6.conf.all.forwardin
 done
 for tool in iptables-save ip6tables-save; do
     if command -v "${tool}" >/dev/null 2>&1; then
-        "${tool}" 2>/dev/null | grep -v '^#' | sed "s/^/${tool} /" || true
+        # Without comments and packet counters, which change by themselves.
+        "${tool}" 2>/dev/null | grep -v '^#' | sed -e 's/ \[[0-9]*:[0-9]*\]$//' -e "s/^/${tool} /" || true
     fi
 done
 for proc in /proc/[0-9]*; do
