@@ -16,6 +16,7 @@ NODE_BRIDGE="${FISKIL_CLUSTER_BRIDGE:-fiskil0}"
 NODE_POD_SUBNET="${FISKIL_CLUSTER_POD_SUBNET:-10.244.0.0/24}"
 NODE_CGROUP_ROOT="/${FISKIL_CLUSTER_CGROUP_ROOT:-fiskil-node}"
 NODE_SYNC_FREQUENCY="${FISKIL_CLUSTER_SYNC_FREQUENCY:-1m}"
+
 # ------------------------------------------------------------- checks ---
 node_prerequisites() {
     ensure_cmds containerd:containerd ctr:containerd runc:runc busybox:busybox-static \
