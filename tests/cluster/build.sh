@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Build (once) and cache kube-apiserver and etcd from Go modules.
 #
-#   tests/cluster/build.sh          # build whatever is missing from the cache
+#   tests/cluster/build.sh                       # build whatever is missing from the cache
+#   FISKIL_CLUSTER_NODE=1 tests/cluster/build.sh # also kubelet, kube-scheduler,
+#                                                # kube-controller-manager and pause
 #
 # Binaries land in ${FISKIL_CLUSTER_CACHE:-$HOME/.cache/fiskil-token-refresher/cluster}/bin
-# as kube-apiserver-<version> and etcd-<version>; when they exist nothing is built.
-# The throwaway Go modules used for the build live in the cache directory too.
+# as NAME-<version>; when they exist nothing is built. The throwaway Go modules
+# used for the build live in the cache directory too.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,15 +48,17 @@ write_tools_file() {
     } >"${dir}/tools.go"
 }
 
-build_kube_apiserver() {
+# build_kube NAME...: build the named k8s.io/kubernetes commands (cmd/NAME)
+# from one throwaway module, so that they share the download and the compile.
+build_kube() {
     local version="${KUBE_VERSION}"
     local minor_patch="${version#v1.}" # 37.2
     local staging_version="v0.${minor_patch}"
-    local dir="${CLUSTER_CACHE}/build/kube-apiserver-${version}"
+    local dir="${CLUSTER_CACHE}/build/kube-${version}"
     local start=${SECONDS}
 
-    cluster_log "building kube-apiserver ${version} in ${dir} (staging modules ${staging_version})"
-    new_build_module "${dir}" fiskil.local/cluster-build/kube-apiserver
+    cluster_log "building $* ${version} in ${dir} (staging modules ${staging_version})"
+    new_build_module "${dir}" fiskil.local/cluster-build/kube
     cd "${dir}"
 
     # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them
@@ -81,7 +85,9 @@ build_kube_apiserver() {
         edits+=(-replace="${m}=${m}@${staging_version}")
     done
     go mod edit "${edits[@]}"
-    write_tools_file "${dir}" k8s.io/kubernetes/cmd/kube-apiserver
+    local pkgs=() name
+    for name in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/${name}"); done
+    write_tools_file "${dir}" "${pkgs[@]}"
     "${NICE[@]}" go mod tidy
 
     local pkg=k8s.io/component-base/version
@@ -91,11 +97,28 @@ build_kube_apiserver() {
     ldflags+=" -X ${pkg}.gitMinor=${minor_patch%%.*}"
     ldflags+=" -X ${pkg}.gitTreeState=clean"
     ldflags+=" -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
-    "${NICE[@]}" go build -trimpath -buildvcs=false -ldflags "${ldflags}" \
-        -o "${KUBE_APISERVER_BIN}.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-    "${KUBE_APISERVER_BIN}.tmp" --version >&2
-    mv -f "${KUBE_APISERVER_BIN}.tmp" "${KUBE_APISERVER_BIN}"
-    cluster_log "kube-apiserver ${version} built in $((SECONDS - start))s"
+    rm -rf "${dir}/out"
+    mkdir -p "${dir}/out"
+    "${NICE[@]}" go build -trimpath -buildvcs=false -ldflags "${ldflags}" -o "${dir}/out/" "${pkgs[@]}"
+    for name in "$@"; do
+        "${dir}/out/${name}" --version >&2
+        mv -f "${dir}/out/${name}" "$(kube_bin "${name}")"
+    done
+    cluster_log "$* ${version} built in $((SECONDS - start))s"
+}
+
+# build_pause: the sandbox ("pause") container's binary, compiled statically
+# from the C source that ships in the k8s.io/kubernetes module.
+build_pause() {
+    local src
+    src="$(go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" |
+        sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')/build/pause/linux/pause.c"
+    [[ -f ${src} ]] || cluster_die "cannot find ${src} in the k8s.io/kubernetes module"
+    command -v gcc >/dev/null 2>&1 || cluster_die "gcc is required to build the pause binary"
+    gcc -Os -Wall -Werror -static -DVERSION="${KUBE_VERSION}-fiskil" -o "${PAUSE_BIN}.tmp" "${src}"
+    strip "${PAUSE_BIN}.tmp"
+    mv -f "${PAUSE_BIN}.tmp" "${PAUSE_BIN}"
+    cluster_log "pause built from ${src}"
 }
 
 build_etcd() {
@@ -120,12 +143,16 @@ build_etcd() {
 
 # A cached binary counts only if it runs and reports the expected version.
 etcd_cached() {
-    [[ -x ${ETCD_BIN} ]] &&
-        "${ETCD_BIN}" --version 2>/dev/null | grep -qx "etcd Version: ${ETCD_VERSION#v}"
+    local out
+    # Read all of the output first: "grep -q" stops reading at the first
+    # match, and under pipefail the writer's SIGPIPE would fail the check.
+    [[ -x ${ETCD_BIN} ]] && out="$("${ETCD_BIN}" --version 2>/dev/null)" &&
+        grep -qx "etcd Version: ${ETCD_VERSION#v}" <<<"${out}"
 }
-kube_apiserver_cached() {
-    [[ -x ${KUBE_APISERVER_BIN} ]] &&
-        [[ "$("${KUBE_APISERVER_BIN}" --version 2>/dev/null)" == "Kubernetes ${KUBE_VERSION}" ]]
+kube_cached() {
+    local bin
+    bin="$(kube_bin "$1")"
+    [[ -x ${bin} ]] && [[ "$("${bin}" --version 2>/dev/null)" == "Kubernetes ${KUBE_VERSION}" ]]
 }
 
 # Serialise concurrent builds (two test runs starting at once on a cold cache).
@@ -144,13 +171,27 @@ if ! etcd_cached; then
     etcd_cached || cluster_die "built ${ETCD_BIN} does not report version ${ETCD_VERSION}"
     built=1
 fi
-if ! kube_apiserver_cached; then
-    (build_kube_apiserver)
-    kube_apiserver_cached || cluster_die "built ${KUBE_APISERVER_BIN} does not report version ${KUBE_VERSION}"
+kube_wanted=(kube-apiserver)
+if [[ ${FISKIL_CLUSTER_NODE:-} == 1 ]]; then
+    kube_wanted+=("${NODE_KUBE_COMMANDS[@]}")
+fi
+kube_missing=()
+for name in "${kube_wanted[@]}"; do
+    kube_cached "${name}" || kube_missing+=("${name}")
+done
+if ((${#kube_missing[@]} > 0)); then
+    (build_kube "${kube_missing[@]}")
+    for name in "${kube_missing[@]}"; do
+        kube_cached "${name}" || cluster_die "built $(kube_bin "${name}") does not report version ${KUBE_VERSION}"
+    done
+    built=1
+fi
+if [[ ${FISKIL_CLUSTER_NODE:-} == 1 && ! -x ${PAUSE_BIN} ]]; then
+    (build_pause)
     built=1
 fi
 if ((built)); then
     cluster_log "build finished in $((SECONDS - total_start))s"
 else
-    cluster_log "using cached ${KUBE_APISERVER_BIN##*/} and ${ETCD_BIN##*/} from ${CLUSTER_BIN_DIR}"
+    cluster_log "using cached ${ETCD_BIN##*/} and ${kube_wanted[*]} ${KUBE_VERSION} from ${CLUSTER_BIN_DIR}"
 fi

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Stop the control plane started by tests/cluster/up.sh DIR.
+# Stop the control plane started by tests/cluster/up.sh DIR, and its node if
+# it has one (FISKIL_CLUSTER_NODE=1): pods, kubelet, containerd, controllers,
+# then every mount, cgroup, network interface, host directory and kernel
+# setting the node made or changed.
 #
 #   tests/cluster/down.sh DIR
 #
 # Safe to call twice, or when nothing runs. Leaves logs and certificates in DIR
 # (remove DIR yourself when done).
 set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "${here}/common.sh"
+# shellcheck source-path=SCRIPTDIR source=node-down.sh
+source "${here}/node-down.sh"
 
 [[ $# -eq 1 && -n $1 ]] || {
     echo "usage: $0 DIR" >&2
@@ -49,5 +58,6 @@ stop() {
     echo "down.sh: stopped ${name} (pid ${pid})" >&2
 }
 
+stop_node
 stop kube-apiserver
 stop etcd

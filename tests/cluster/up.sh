@@ -10,6 +10,10 @@
 #   etcd.pid, etcd.log        etcd process
 #   kube-apiserver.pid, kube-apiserver.log
 #   etcd-data/
+# With FISKIL_CLUSTER_NODE=1 it also starts a node (see node.sh and README.md):
+#   node-name, host-ip        the node's name; the host's address on the pod network
+#   containerd, kubelet, kube-scheduler, kube-controller-manager: .pid and .log
+#   node/                     containerd's and the kubelet's state
 # Every run starts a fresh cluster (state from an earlier run in DIR is wiped).
 # Stop it with tests/cluster/down.sh DIR.
 set -euo pipefail
@@ -26,7 +30,7 @@ READY_TIMEOUT="${FISKIL_CLUSTER_READY_TIMEOUT:-180}"
 SERVICE_CIDR="${FISKIL_CLUSTER_SERVICE_CIDR:-10.96.0.0/16}"
 SA_ISSUER="https://kubernetes.default.svc.cluster.local"
 
-for name in etcd kube-apiserver; do
+for name in etcd kube-apiserver kubelet containerd; do
     if [[ -f "${DIR}/${name}.pid" ]] && kill -0 "$(cat "${DIR}/${name}.pid")" 2>/dev/null; then
         cluster_die "${name} is already running from ${DIR} (pid $(cat "${DIR}/${name}.pid")); run down.sh ${DIR} first"
     fi
@@ -34,7 +38,15 @@ done
 
 ensure_cmds openssl:openssl curl:curl setsid:util-linux base64:coreutils
 
-"${here}/build.sh" >&2
+NODE=0
+[[ ${FISKIL_CLUSTER_NODE:-} == 1 ]] && NODE=1
+if ((NODE)); then
+    # shellcheck source-path=SCRIPTDIR source=node.sh
+    source "${here}/node.sh"
+    node_prerequisites
+fi
+
+FISKIL_CLUSTER_NODE="${NODE}" "${here}/build.sh" >&2
 [[ -x ${ETCD_BIN} && -x ${KUBE_APISERVER_BIN} ]] || cluster_die "build.sh did not produce the binaries"
 
 # ---------------------------------------------------------------- cleanup ---
@@ -240,13 +252,16 @@ start_apiserver() {
         --service-cluster-ip-range "${SERVICE_CIDR}" \
         --endpoint-reconciler-type none \
         --allow-privileged=false \
+        --kubelet-client-certificate "${pki}/admin.crt" \
+        --kubelet-client-key "${pki}/admin.key" \
         --profiling=false \
         --v 1
 }
 
 # ------------------------------------------------------------------- main ---
 "${here}/down.sh" "${DIR}" >/dev/null 2>&1 || true
-rm -f "${DIR}/etcd.log" "${DIR}/kube-apiserver.log" "${DIR}/kubeconfig" "${DIR}/cluster.env"
+rm -f "${DIR}/etcd.log" "${DIR}/kube-apiserver.log" "${DIR}/kubeconfig" "${DIR}/cluster.env" \
+    "${DIR}/containerd.log" "${DIR}/kubelet.log" "${DIR}/kube-scheduler.log" "${DIR}/kube-controller-manager.log"
 make_pki
 
 start_time=${SECONDS}
@@ -305,6 +320,8 @@ FISKIL_CLUSTER_ETCD_PORT=${ETCD_CLIENT_PORT}
 FISKIL_CLUSTER_KUBE_VERSION=${KUBE_VERSION}
 FISKIL_CLUSTER_ETCD_VERSION=${ETCD_VERSION}
 EOF_ENV
+
+((NODE)) && start_node
 
 started=0
 cluster_log "control plane ready at ${server} in $((SECONDS - start_time))s; kubeconfig: ${DIR}/kubeconfig"

@@ -135,7 +135,7 @@ impl StandIn {
         client_secret: &str,
         expires_in: i64,
     ) -> StandIn {
-        let (ca_pem, tls) = make_tls();
+        let (ca_pem, tls) = make_tls(addr.ip());
         let state = Arc::new(Mutex::new(State {
             accepted: (client_id.to_owned(), client_secret.to_owned()),
             default: Behaviour::Issue { expires_in },
@@ -564,8 +564,10 @@ fn raw_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     response
 }
 
-/// Makes a certificate authority and a `localhost`/`127.0.0.1` server certificate it signs.
-fn make_tls() -> (String, Arc<rustls::ServerConfig>) {
+/// Makes a certificate authority and a server certificate it signs, for `localhost`,
+/// `127.0.0.1` and `ip` (the listening address, when it is a specific one: a test node's pods
+/// reach the stand-in on the host's address on their bridge).
+fn make_tls(ip: std::net::IpAddr) -> (String, Arc<rustls::ServerConfig>) {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -577,14 +579,18 @@ fn make_tls() -> (String, Arc<rustls::ServerConfig>) {
     ];
     let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
     let leaf_key = KeyPair::generate().expect("server key");
-    let leaf = CertificateParams::new(vec![
+    let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "fiskil.test".to_owned(),
-    ])
-    .expect("server params")
-    .signed_by(&leaf_key, &ca_cert, &ca_key)
-    .expect("server certificate");
+    ];
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        names.push(ip.to_string());
+    }
+    let leaf = CertificateParams::new(names)
+        .expect("server params")
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .expect("server certificate");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
