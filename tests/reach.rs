@@ -265,10 +265,10 @@ fn notify_url_is_posted_after_each_token_is_written() {
         let text = json.to_string();
         assert!(!issued.iter().any(|t| text.contains(t.as_str())));
     }
-    assert!(
-        daemon.metric("fiskil_token_refresher_notify_total{kind=\"url\",result=\"success\"}")
-            >= 3.0
-    );
+    // The receiver records a body before it answers; the daemon counts the answer after.
+    wait_for(Duration::from_secs(10), "three successes counted", || {
+        daemon.metric("fiskil_token_refresher_notify_total{kind=\"url\",result=\"success\"}") >= 3.0
+    });
     // The failing URL: retried (at most 4 attempts per token), and a newer token replaces the
     // notification being retried (tokens come every ~2.4 s; the 4th attempt would be at 5.25 s).
     wait_for(Duration::from_secs(30), "attempts for three tokens", || {
@@ -396,6 +396,49 @@ impl Drop for Nginx {
                 .status();
         }
     }
+}
+
+#[test]
+fn without_a_token_file_each_new_token_notifies() {
+    use support::fake_api::{ApiMode, FakeApi};
+    let fixture = Fixture::new("notify-secret", 900);
+    let api = FakeApi::start(ApiMode::Ok);
+    let kubeconfig = fixture.dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let (addr, received) = notification_receiver(fixture.token_file(), "204 No Content");
+    let mut args = fixture.base_args();
+    let at = args.iter().position(|a| a == "--token-file").unwrap();
+    args.drain(at..at + 2);
+    args.extend(
+        [
+            "--secret-name",
+            "token",
+            "--secret-namespace",
+            "team",
+            "--notify-url",
+            &format!("http://{addr}/token-changed"),
+        ]
+        .map(str::to_owned),
+    );
+    let daemon = Daemon::spawn(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    wait_for(Duration::from_secs(30), "the first notification", || {
+        !received.lock().unwrap().is_empty()
+    });
+    daemon.signal("HUP");
+    wait_for(
+        Duration::from_secs(30),
+        "a notification for the second token",
+        || received.lock().unwrap().len() >= 2,
+    );
+    let issued = fixture.stand_in.issued();
+    for (json, file) in received.lock().unwrap().iter() {
+        assert!(json["file"].is_null(), "{json}");
+        assert!(json["expires_at"].is_string(), "{json}");
+        assert!(file.is_empty(), "no token file is written");
+        let text = json.to_string();
+        assert!(!issued.iter().any(|t| text.contains(t.as_str())));
+    }
+    fixture.assert_logs_clean(&daemon);
 }
 
 #[test]
