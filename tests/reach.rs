@@ -304,10 +304,15 @@ fn notify_url_is_posted_after_each_token_is_written() {
         runs[..runs.len() - 1].iter().any(|(_, count)| *count < 4),
         "a notification still being retried was replaced by the newer token's: {runs:?}"
     );
-    assert!(
-        daemon.metric("fiskil_token_refresher_notify_total{kind=\"url\",result=\"error\"}") >= 3.0
+    wait_for(
+        Duration::from_secs(10),
+        "three failed notifications counted",
+        || {
+            daemon.metric("fiskil_token_refresher_notify_total{kind=\"url\",result=\"error\"}")
+                >= 3.0
+        },
     );
-    assert!(daemon.logs_contain("notification failed"));
+    daemon.wait_log("notification failed");
     assert!(
         !daemon.logs_contain("src=fiskil"),
         "URLs are logged without their query"
@@ -485,11 +490,11 @@ fn notify_signal_reloads_nginx_from_its_pid_file() {
         "every SIGHUP came from the daemon: {:?}",
         nginx.reloads_from()
     );
-    assert!(daemon.logs_contain("signalled the process"));
-    assert!(
+    daemon.wait_log("signalled the process");
+    wait_for(Duration::from_secs(10), "two signals counted", || {
         daemon.metric("fiskil_token_refresher_notify_total{kind=\"signal\",result=\"success\"}")
             >= 2.0
-    );
+    });
 
     nginx.stop();
     let issued = fixture.stand_in.issued().len();
@@ -774,8 +779,16 @@ fn proxy_refreshes_once_on_401_and_retries_python_clients() {
         .filter(|s| s.status == 401)
         .count();
     assert!((1..=32).contains(&unauthorized), "{unauthorized}");
-    assert!(daemon.metric("fiskil_token_refresher_proxy_requests_total{code=\"200\"}") >= 33.0);
-    assert!(daemon.metric("fiskil_token_refresher_proxy_request_duration_seconds_count") >= 33.0);
+    wait_for(
+        Duration::from_secs(10),
+        "the proxied requests counted",
+        || daemon.metric("fiskil_token_refresher_proxy_requests_total{code=\"200\"}") >= 33.0,
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the proxied durations counted",
+        || daemon.metric("fiskil_token_refresher_proxy_request_duration_seconds_count") >= 33.0,
+    );
 
     // A body too large to keep is not retried: the 401 passes through (after the refresh
     // pause, so that a new refresh may be asked for).
@@ -794,6 +807,6 @@ fn proxy_refreshes_once_on_401_and_retries_python_clients() {
         python(&base, &["one", "/echo/after"])["status"] == 200
     });
     assert_eq!(token_requests(&fixture), before + 1);
-    assert!(daemon.logs_contain("the upstream answered 401"));
+    daemon.wait_log("the upstream answered 401");
     fixture.assert_logs_clean(&daemon);
 }
