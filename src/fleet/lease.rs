@@ -251,6 +251,19 @@ impl Observed {
     }
 }
 
+/// How long the holder's Lease lasts without renewal.
+fn held_for(lease: &Lease) -> Duration {
+    let seconds = lease
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.lease_duration_seconds)
+        .unwrap_or(0);
+    Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
+/// How long after a Lease expires a follower tries to take it.
+const EXPIRY_SLACK: Duration = Duration::from_millis(10);
+
 /// What one attempt found.
 enum Attempt {
     Lead(Term, Lease),
@@ -314,10 +327,22 @@ impl Elector {
             let wait = if self.leadership.role().leads() {
                 self.election.retry_period
             } else {
-                // Followers spread their attempts, as client-go's jitter does.
-                self.election
+                // Followers spread their attempts, as client-go's jitter does, and try again
+                // as soon as the holder's Lease expires, so a killed leader is replaced
+                // within the lease duration.
+                let jittered = self
+                    .election
                     .retry_period
-                    .mul_f64(1.0 + rand::random::<f64>() * 0.2)
+                    .mul_f64(1.0 + rand::random::<f64>() * 0.2);
+                let expires_in = last
+                    .as_ref()
+                    .map(|lease| {
+                        (observed.changed_at + held_for(lease))
+                            .saturating_duration_since(Instant::now())
+                            + EXPIRY_SLACK
+                    })
+                    .unwrap_or(jittered);
+                jittered.min(expires_in)
             };
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -375,13 +400,11 @@ impl Elector {
         observed.saw(&lease);
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let held_for = Duration::from_secs(
-            u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
-        );
+        let lasts = held_for(&lease);
         let ours = holder.as_deref() == Some(self.identity.as_str());
         // Expiry is judged by when this process saw the Lease change, not by the holder's
         // clock, as client-go does.
-        if !ours && holder.is_some() && observed.changed_at.elapsed() < held_for {
+        if !ours && holder.is_some() && observed.changed_at.elapsed() < lasts {
             return Ok(Attempt::Follow(holder, lease));
         }
         let transitions = spec.lease_transitions.unwrap_or(0);
