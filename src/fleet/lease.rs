@@ -302,7 +302,10 @@ impl Elector {
                 break;
             }
             let started = Instant::now();
-            let deadline = started + self.election.renew_deadline;
+            // A leader must have renewed by its renew deadline; an attempt that cannot beat it
+            // is abandoned, and the leader steps down.
+            let renewed_at = self.leadership.seen().renewed_at.filter(|_| leading);
+            let deadline = renewed_at.unwrap_or(started) + self.election.renew_deadline;
             let attempt = tokio::time::timeout_at(
                 deadline,
                 self.attempt(last.clone(), leading, &mut observed),
@@ -461,7 +464,7 @@ impl Elector {
             let mut seen = self.leadership.seen();
             seen.contact_at = Some(Instant::now());
             if seen.holder != holder {
-                tracing::info!(holder = ?holder, lease = %lease_ref, "following");
+                tracing::info!(holder = holder.as_deref().unwrap_or(""), lease = %lease_ref, "following");
             }
             seen.holder.clone_from(&holder);
         }
