@@ -276,8 +276,7 @@ async fn a_cut_off_leader_steps_down_and_never_writes_in_the_next_term() {
         let line = daemon
             .json_logs()
             .into_iter()
-            .filter(|l| l["message"] == message)
-            .last()
+            .rfind(|l| l["message"] == message)
             .unwrap();
         let at = humantime::parse_rfc3339(line["timestamp"].as_str().unwrap()).unwrap();
         at.duration_since(frozen_at).unwrap_or_default()
