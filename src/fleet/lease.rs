@@ -476,7 +476,12 @@ impl Elector {
     fn failed(&self, error: &LeaseError, lease_ref: &str) {
         let role = self.leadership.role();
         if !role.leads() {
-            tracing::warn!(error = %error, lease = %lease_ref, "cannot read or take the Lease; retrying");
+            // Another replica writing the Lease first is the normal race between followers.
+            if matches!(error, LeaseError::Conflict) {
+                tracing::debug!(lease = %lease_ref, "another replica took the Lease first");
+            } else {
+                tracing::warn!(error = %error, lease = %lease_ref, "cannot read or take the Lease; retrying");
+            }
             return;
         }
         let renewed_at = self.leadership.seen().renewed_at;
