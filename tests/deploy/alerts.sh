@@ -143,7 +143,7 @@ check "scrape of the running daemon's /metrics" scrape
 leader_gauge=()
 if ! grep -q '^# TYPE fiskil_token_refresher_leader gauge' "${out}/metrics.txt"; then
     echo "note: ${daemon_bin} does not export fiskil_token_refresher_leader yet: only the leader alerts may use it"
-    leader_gauge=(--unexported-in-alerts fiskil_token_refresher_leader=FiskilTokenRefresherNoLeader,FiskilTokenRefresherMultipleLeaders)
+    leader_gauge=(--unexported-in-alerts "fiskil_token_refresher_leader=FiskilTokenRefresherNoLeader,FiskilTokenRefresherMultipleLeaders")
 fi
 check "the dashboard and the default alerts use only metrics the scrape declares" \
     "${MON[@]}" names "${out}/metrics.txt" --dashboard "${CHART_DIR}/dashboards/fiskil-token-refresher.json" \

@@ -19,7 +19,10 @@
 # Checks:
 # - "kubectl apply --dry-run=server" of each rendered file succeeds with no
 #   PodSecurity warning (the namespaces also carry warn=restricted: a workload
-#   object only gets warnings, never a rejection);
+#   object only gets warnings, never a rejection); the server keeps the
+#   default writer's high-availability fields (the PodDisruptionBudget's
+#   unhealthyPodEvictionPolicy, the spreading's matchLabelKeys, the rolling
+#   update);
 # - every pod template, submitted as a Pod ("kubectl create --dry-run=server"),
 #   is admitted under enforce=restricted, and a deliberately non-compliant Pod
 #   is rejected (so the enforcement is known to be on);
