@@ -16,7 +16,13 @@
 # - real requests: the server-side apply the daemon sends creates and updates each target
 #   Secret, and is refused for any other name; the Lease is created, read and renewed by name,
 #   and is refused for any other name; an Event is created;
-# - a negative control: one verb added to one target's Role must make the comparison fail.
+# - the example sidecar's ServiceAccount (events.enabled gives it one) may create and patch
+#   Events in the release namespace and nothing else;
+# - a negative control: one verb added to one target's Role must make the comparison fail;
+# - when the binary has --leader-elect: two writer processes with the Deployment's arguments and
+#   the writer's token fill every target, hold the Lease and publish a LeaderElected Event, and
+#   the sidecar with the example's arguments and token publishes CredentialsRejected, all without
+#   a forbidden request.
 # Prints one line per check and "N passed, M failed".
 set -euo pipefail
 
@@ -69,11 +75,15 @@ leaderElection:
   leaseName: ${lease}
 events:
   enabled: true
+example:
+  enabled: true
 EOF
-check "helm install: targets in 3 namespaces, leader election, Events" \
+check "helm install: targets in 3 namespaces, leader election, Events, the example sidecar" \
     "${helm}" install fleet "${CHART_DIR}" -n "${release_ns}" -f "${work}/values.yaml"
 
-sa="$(k -n "${release_ns}" get deployment -l app.kubernetes.io/instance=fleet \
+sa="$(k -n "${release_ns}" get deployment -l app.kubernetes.io/instance=fleet,app.kubernetes.io/component=secret-writer \
+    -o jsonpath='{.items[0].spec.template.spec.serviceAccountName}')"
+example_sa="$(k -n "${release_ns}" get deployment -l app.kubernetes.io/instance=fleet,app.kubernetes.io/component=example \
     -o jsonpath='{.items[0].spec.template.spec.serviceAccountName}')"
 creds_secret="$(k -n "${release_ns}" get secret -l app.kubernetes.io/component=credentials \
     -o jsonpath='{.items[0].metadata.name}')"
@@ -100,9 +110,11 @@ current-context: sa
 EOF
 }
 sa_kubeconfig "${sa}" "${work}/writer.kubeconfig"
+sa_kubeconfig "${example_sa}" "${work}/example.kubeconfig"
 sa_kubeconfig rbac-baseline "${work}/baseline.kubeconfig"
 as_writer() { KUBECONFIG="${work}/writer.kubeconfig" "${kubectl}" "$@"; }
 as_baseline() { KUBECONFIG="${work}/baseline.kubeconfig" "${kubectl}" "$@"; }
+as_example() { KUBECONFIG="${work}/example.kubeconfig" "${kubectl}" "$@"; }
 
 whoami_is_writer() {
     local who
@@ -204,23 +216,29 @@ secrets [] [second-token] [create patch]"
     ["${team_c}"]="secrets [] [fiskil-token] [create patch]"
     ["${other_ns}"]=""
 )
-rules_are_exactly() { # rules_are_exactly NAMESPACE: the writer's rules = baseline + expected
-    local ns="$1" extra missing
+# The example sidecar's ServiceAccount: Events in the release namespace, nothing else.
+declare -A example_rules=(["${release_ns}"]="events.events.k8s.io [] [] [create patch]")
+rules_are_exactly() { # rules_are_exactly as_writer|as_example NAMESPACE: its rules = baseline + expected
+    local who="$1" ns="$2" extra missing
     rules_list as_baseline "${ns}" >"${work}/baseline.txt"
-    rules_list as_writer "${ns}" >"${work}/writer.txt"
-    printf '%s\n' "${expected_rules[${ns}]}" | sed '/^$/d' | sort -u >"${work}/expected.txt"
+    rules_list "${who}" "${ns}" >"${work}/writer.txt"
+    if [[ ${who} == as_example ]]; then
+        printf '%s\n' "${example_rules[${ns}]:-}"
+    else
+        printf '%s\n' "${expected_rules[${ns}]}"
+    fi | sed '/^$/d' | sort -u >"${work}/expected.txt"
     extra="$(comm -23 "${work}/writer.txt" "${work}/baseline.txt")"
     missing="$(comm -13 "${work}/writer.txt" "${work}/baseline.txt")"
     echo "baseline ($(wc -l <"${work}/baseline.txt") rules, any ServiceAccount):"
     sed 's/^/  /' "${work}/baseline.txt"
-    echo "the writer's beyond the baseline:"
+    echo "${who#as_}'s beyond the baseline:"
     printf '%s\n' "${extra}" | sed '/^$/d; s/^/  /'
     echo "expected beyond the baseline:"
     sed 's/^/  /' "${work}/expected.txt"
-    [[ -z ${missing} ]] || { echo "baseline rules the writer lacks: ${missing}"; return 1; }
+    [[ -z ${missing} ]] || { echo "baseline rules ${who#as_} lacks: ${missing}"; return 1; }
     # The baseline itself grants nothing on Secrets, Leases or Events, no "*" resource or verb.
     ! grep -E '^(secrets|leases|events|\*)|\*[^]]*\]$' "${work}/baseline.txt" || return 1
-    # Nor the writer's rules beyond it: no "*" anywhere.
+    # Nor the rules beyond it: no "*" anywhere.
     ! grep -F '*' <<<"${extra}" || return 1
     diff <(printf '%s\n' "${extra}" | sed '/^$/d') "${work}/expected.txt"
 }
@@ -230,7 +248,11 @@ for ns in "${release_ns}" "${team_a}" "${team_b}" "${team_c}" "${other_ns}"; do
         "${other_ns}") what="nothing beyond what any ServiceAccount may do" ;;
         *) what="create/patch on its target Secret(s) by name, nothing else" ;;
     esac
-    check "can-i --list in ${ns%-"${suffix}"}: ${what}" rules_are_exactly "${ns}"
+    check "can-i --list in ${ns%-"${suffix}"}: ${what}" rules_are_exactly as_writer "${ns}"
+done
+for ns in "${release_ns}" "${team_a}" "${team_b}" "${team_c}" "${other_ns}"; do
+    if [[ ${ns} == "${release_ns}" ]]; then what="Events create/patch, nothing else"; else what="nothing"; fi
+    check "can-i --list in ${ns%-"${suffix}"} as the example sidecar: ${what}" rules_are_exactly as_example "${ns}"
 done
 
 # The comparison can fail: one more verb on team-b's Role must show.
@@ -238,10 +260,10 @@ widened_role_caught() {
     local rc=0
     k -n "${team_b}" patch role fleet-fiskil-token-refresher --type=json \
         -p '[{"op": "add", "path": "/rules/0/verbs/-", "value": "get"}]' >/dev/null || return 1
-    rules_are_exactly "${team_b}" || rc=$?
+    rules_are_exactly as_writer "${team_b}" || rc=$?
     k -n "${team_b}" patch role fleet-fiskil-token-refresher --type=json \
         -p '[{"op": "remove", "path": "/rules/0/verbs/2"}]' >/dev/null || return 1
-    [[ ${rc} -ne 0 ]] && rules_are_exactly "${team_b}" >/dev/null
+    [[ ${rc} -ne 0 ]] && rules_are_exactly as_writer "${team_b}" >/dev/null
 }
 check "negative control: get added to team-b's Role is caught, and the Role is restored" widened_role_caught
 
@@ -380,26 +402,53 @@ lease_held() {
     [[ ${holder} == writer-0 || ${holder} == writer-1 ]]
 }
 check "one of them holds the Lease ${lease}" lease_held
-leader_event() {
-    for _ in $(seq 1 100); do
+event_about() { # event_about REASON TYPE POD...: such an Event about one of the pods appears
+    local reason="$1" type="$2"
+    shift 2
+    for _ in $(seq 1 150); do
         k -n "${release_ns}" get events.events.k8s.io -o json >"${work}/events.json"
-        python3 - "${work}/events.json" <<'PY' && return 0
+        python3 - "${work}/events.json" "${reason}" "${type}" "$@" <<'PY' && return 0
 import json, sys
 events = json.load(open(sys.argv[1]))["items"]
-print([(e.get("reason"), e.get("regarding", {}).get("name")) for e in events])
-sys.exit(0 if any(e.get("reason") == "LeaderElected" and e.get("regarding", {}).get("kind") == "Pod"
-                  and e["regarding"].get("name") in ("writer-0", "writer-1") for e in events) else 1)
+reason, kind, pods = sys.argv[2], sys.argv[3], sys.argv[4:]
+print([(e.get("reason"), e.get("type"), e.get("regarding", {}).get("name")) for e in events])
+sys.exit(0 if any(e.get("reason") == reason and e.get("type") == kind and e.get("regarding", {}).get("kind") == "Pod"
+                  and e["regarding"].get("name") in pods for e in events) else 1)
 PY
-        sleep 0.1
+        sleep 0.2
     done
     return 1
 }
-check "a LeaderElected Event about the leader's pod, in the release namespace" leader_event
+check "a LeaderElected Event about the leader's pod, in the release namespace" event_about LeaderElected Normal writer-0 writer-1
 nothing_forbidden() {
     ! grep -iE 'forbidden|" 403|status: 403|cannot publish' "${work}"/writer-*.log
 }
 check "the writers' logs report nothing forbidden" nothing_forbidden
 no_secret_in_logs() { ! grep -qE "rbac-secret-${suffix}|tok-[0-9]{4}-" "${work}"/writer-*.log; }
 check "the writers' logs hold neither the client secret nor a token" no_secret_in_logs
+
+# The example sidecar, as its own ServiceAccount with the args of the chart's example and
+# credentials the stand-in rejects: a CredentialsRejected Event about its pod.
+mapfile -t sidecar_args < <(k -n "${release_ns}" get deployment -l app.kubernetes.io/instance=fleet,app.kubernetes.io/component=example -o json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)["items"][0]
+skip = ("--token-url=", "--ca-file=", "--client-id-file=", "--client-secret-file=", "--listen=", "--token-file=")
+c = next(c for c in d["spec"]["template"]["spec"]["initContainers"] if c["name"] == "token-refresher")
+print("\n".join(a for a in c["args"] if not a.startswith(skip)))')
+echo "sidecar args from the chart: ${sidecar_args[*]}"
+mkdir -p "${work}/wrong" "${work}/sidecar"
+printf 'rbac-client' >"${work}/wrong/client_id"
+printf 'not-the-secret' >"${work}/wrong/client_secret"
+POD_NAME=example-0 POD_NAMESPACE="${release_ns}" POD_UID=00000000-0000-0000-0000-0000000000e0 \
+    KUBECONFIG="${work}/example.kubeconfig" "${daemon_bin}" "${sidecar_args[@]}" \
+    --token-file "${work}/sidecar/token" \
+    --token-url "https://localhost:${port}/v1/token" --ca-file "${work}/stand-in-ca.pem" \
+    --client-id-file "${work}/wrong/client_id" --client-secret-file "${work}/wrong/client_secret" \
+    --listen 127.0.0.1:0 >"${work}/example.log" 2>&1 &
+pids+=($!)
+check "the example sidecar (--events, its own ServiceAccount): a CredentialsRejected Warning about its pod" \
+    event_about CredentialsRejected Warning example-0
+example_nothing_forbidden() { ! grep -iE 'forbidden|" 403|status: 403|cannot publish' "${work}/example.log"; }
+check "the sidecar's log reports nothing forbidden" example_nothing_forbidden
 
 check_summary
