@@ -115,6 +115,20 @@ notes_name_the_secret() {
 }
 check "NOTES.txt names the token Secret, its namespace and key, and the Lease" notes_name_the_secret
 
+# unhealthyPodEvictionPolicy only where the API server knows it (1.27 and later).
+eviction_policy_follows_the_cluster() {
+    local v
+    for v in 1.26.5 1.27.0 1.37.2; do
+        "${HELM}" template "${RELEASE}" "${CHART_DIR}" --namespace "${NAMESPACE}" --kube-version "${v}" \
+            --show-only templates/poddisruptionbudget.yaml >"${out}/pdb-${v}.yaml" || return 1
+        echo "${v}: $(grep -c 'unhealthyPodEvictionPolicy: AlwaysAllow' "${out}/pdb-${v}.yaml")"
+    done
+    ! grep -q unhealthyPodEvictionPolicy "${out}/pdb-1.26.5.yaml" &&
+        grep -q 'unhealthyPodEvictionPolicy: AlwaysAllow' "${out}/pdb-1.27.0.yaml" &&
+        grep -q 'unhealthyPodEvictionPolicy: AlwaysAllow' "${out}/pdb-1.37.2.yaml"
+}
+check "PodDisruptionBudget: unhealthyPodEvictionPolicy from Kubernetes 1.27 on, not before" eviction_policy_follows_the_cluster
+
 # The README's values table names every value, and only values that exist.
 readme_documents_values() {
     "${PYTHON}" - "${CHART_DIR}" <<'PY'
