@@ -140,19 +140,29 @@ scrape() { # a scrape after the first token is on disk
 check "scrape of the running daemon's /metrics" scrape
 # The leader gauge: a binary built before leader election lacks it; then only the leader
 # alerts may use it.
+# A binary built before leader election lacks the leader gauge: then only the leader alerts may
+# use it, and the dashboard is checked without its leader panel.
 leader_gauge=()
+dashboard="${CHART_DIR}/dashboards/fiskil-token-refresher.json"
 if ! grep -q '^# TYPE fiskil_token_refresher_leader gauge' "${out}/metrics.txt"; then
-    echo "note: ${daemon_bin} does not export fiskil_token_refresher_leader yet: only the leader alerts may use it"
+    echo "note: ${daemon_bin} does not export fiskil_token_refresher_leader yet: only the leader alerts may use it, and the dashboard is checked without its leader panel"
     leader_gauge=(--unexported-in-alerts "fiskil_token_refresher_leader=FiskilTokenRefresherNoLeader,FiskilTokenRefresherMultipleLeaders")
+    "${PYTHON}" - "${dashboard}" "${out}/dashboard-without-leader.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["panels"] = [p for p in d["panels"] if "fiskil_token_refresher_leader" not in json.dumps(p.get("targets", []))]
+json.dump(d, open(sys.argv[2], "w"))
+PY
+    dashboard="${out}/dashboard-without-leader.json"
 fi
 check "the dashboard and the default alerts use only metrics the scrape declares" \
-    "${MON[@]}" names "${out}/metrics.txt" --dashboard "${CHART_DIR}/dashboards/fiskil-token-refresher.json" \
+    "${MON[@]}" names "${out}/metrics.txt" --dashboard "${dashboard}" \
     --rules "${out}/defaults/rendered.yaml" "${leader_gauge[@]}"
 check "with every monitoring value set, the alerts use only metrics the scrape declares" \
     "${MON[@]}" names "${out}/metrics.txt" --rules "${out}/monitoring/rendered.yaml" "${leader_gauge[@]}"
 bogus_name_caught() {
     sed 's/fiskil_token_refresher_credential_reloads_total/fiskil_token_refresher_credential_reload_total/' \
-        "${CHART_DIR}/dashboards/fiskil-token-refresher.json" >"${out}/bogus-dashboard.json"
+        "${dashboard}" >"${out}/bogus-dashboard.json"
     ! "${MON[@]}" names "${out}/metrics.txt" --dashboard "${out}/bogus-dashboard.json"
 }
 check "negative control: a dashboard query of a metric the binary lacks is caught" bogus_name_caught
@@ -202,14 +212,14 @@ kill -HUP "${daemon_pid}"
 check "FiskilCredentialsRejected fires" \
     "${MON[@]}" live-alerts "${prom}" FiskilTokenExpiringSoon:output=file FiskilCredentialsRejected --wait 60
 check "every dashboard query returns data from the real scrape, with all selected" \
-    "${MON[@]}" live-queries "${prom}" "${CHART_DIR}/dashboards/fiskil-token-refresher.json"
+    "${MON[@]}" live-queries "${prom}" "${dashboard}"
 check "... and with the namespace, job and pod a person would pick" \
-    "${MON[@]}" live-queries "${prom}" "${CHART_DIR}/dashboards/fiskil-token-refresher.json" \
+    "${MON[@]}" live-queries "${prom}" "${dashboard}" \
     "namespace=${NAMESPACE}" "job=${RELEASE}" "pod=${RELEASE}-0"
 wrong_label_caught() { # a panel filtering on a label the series lack returns nothing
     # shellcheck disable=SC2016 # $pod is the dashboard's variable
     sed 's/pod=~\\"$pod\\"/kubernetes_pod_name=~\\"$pod\\"/g' \
-        "${CHART_DIR}/dashboards/fiskil-token-refresher.json" >"${out}/wrong-label.json"
+        "${dashboard}" >"${out}/wrong-label.json"
     grep -q kubernetes_pod_name "${out}/wrong-label.json" || return 1
     local report rc=0
     report="$("${MON[@]}" live-queries "${prom}" "${out}/wrong-label.json" "pod=${RELEASE}-0")" || rc=$?
