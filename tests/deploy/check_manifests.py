@@ -374,7 +374,7 @@ def check_writer(ck, objs, dep, expect):
         ck.check(f"{rw}: a RoleBinding in {ns} binds it to ServiceAccount {dep_ns}/{sa_name}",
                  len(bindings_to(objs, role, sa_name, dep_ns)) == 1)
 
-    # The Lease: get/update by name, create unnamed, in the pods' namespace.
+    # The Lease: get/update/watch by name, create unnamed, in the pods' namespace.
     lease_roles = [r for r in roles if rules_on(r, "coordination.k8s.io", "leases")]
     if lease:
         ck.check(f"exactly one Lease Role, in {dep_ns}",
@@ -388,9 +388,9 @@ def check_writer(ck, objs, dep, expect):
                                    for r in rules), str(rules))
             named = [r for r in rules if r.get("resourceNames")]
             unnamed = [r for r in rules if not r.get("resourceNames")]
-            ck.check(f"{rw}: get and update limited to resourceNames [{lease['name']}]",
+            ck.check(f"{rw}: get, update and watch limited to resourceNames [{lease['name']}]",
                      len(named) == 1 and named[0]["resourceNames"] == [lease["name"]]
-                     and sorted(named[0].get("verbs") or []) == ["get", "update"], str(named))
+                     and sorted(named[0].get("verbs") or []) == ["get", "update", "watch"], str(named))
             ck.check(f"{rw}: create (which cannot be limited by name) and nothing else unnamed",
                      len(unnamed) == 1 and unnamed[0].get("verbs") == ["create"], str(unnamed))
             ck.check(f"{rw}: a RoleBinding binds it to ServiceAccount {dep_ns}/{sa_name}",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proves on a real API server what the standalone writer's ServiceAccount may do when the chart
 # fans the token out to Secrets in three namespaces, with leader election and Events on: exactly
-# create and patch on each target Secret, get and update on its Lease (create on Leases), create
+# create and patch on each target Secret, get, update and watch on its Lease (create on Leases), create
 # and patch on Events in its own namespace, and nothing else in any namespace.
 #
 #   tests/deploy/rbac.sh KUBECONFIG
@@ -168,6 +168,7 @@ expect_can no "${other_ns}" '*' '*'
 # The release namespace: the Lease by name, Lease create, Events; no Secret at all.
 expect_can yes "${release_ns}" get "leases.coordination.k8s.io/${lease}"
 expect_can yes "${release_ns}" update "leases.coordination.k8s.io/${lease}"
+expect_can yes "${release_ns}" watch "leases.coordination.k8s.io/${lease}"
 expect_can yes "${release_ns}" create leases.coordination.k8s.io
 for verb in patch delete; do
     expect_can no "${release_ns}" "${verb}" "leases.coordination.k8s.io/${lease}"
@@ -207,7 +208,7 @@ for line in lines[1:]:
     print(" ".join([m.group(1) or "-", items(m.group(2)), items(m.group(3)), items(m.group(4))]))' | sort -u
 }
 declare -A expected_rules=(
-    ["${release_ns}"]="leases.coordination.k8s.io [] [${lease}] [get update]
+    ["${release_ns}"]="leases.coordination.k8s.io [] [${lease}] [get update watch]
 leases.coordination.k8s.io [] [] [create]
 events.events.k8s.io [] [] [create patch]"
     ["${team_a}"]="secrets [] [fiskil-token] [create patch]

@@ -179,8 +179,9 @@ tests/deploy/dry-run.sh checks this against a real API server.
 
 {{/*
 RBAC rules for the leader election Lease. The writer reads and renews the
-Lease by name (get, update, limited by resourceNames), and creates it when it
-is missing. The API server cannot limit a create by name (a POST carries no
+Lease by name (get, update, limited by resourceNames), followers watch it by
+name (a metadata.name field selector, so a release is seen at once), and the
+writer creates it when it is missing. The API server cannot limit a create by name (a POST carries no
 name in its URL), so "create" is a rule of its own without resourceNames.
 */}}
 {{- define "fiskil-token-refresher.leaseRules" -}}
@@ -188,7 +189,7 @@ name in its URL), so "create" is a rule of its own without resourceNames.
   resources: ["leases"]
   resourceNames:
     - {{ include "fiskil-token-refresher.leaseName" . | quote }}
-  verbs: ["get", "update"]
+  verbs: ["get", "update", "watch"]
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["create"]
