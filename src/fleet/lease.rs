@@ -184,17 +184,21 @@ impl Leadership {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Leave to write now, or `None` while following.
+    /// Leave to write now, or `None` while following or once the Lease could have expired
+    /// for others (a leader that was paused, say, before it noticed).
     pub fn permit(&self) -> Option<Permit> {
         match self.role() {
             Role::Single => Some(Permit {
                 deadline: None,
                 term: None,
             }),
-            Role::Leader(term) => Some(Permit {
-                deadline: self.seen().renewed_at.map(|at| at + self.lease_duration),
-                term: Some(term),
-            }),
+            Role::Leader(term) => {
+                let deadline = self.seen().renewed_at? + self.lease_duration;
+                (Instant::now() < deadline).then_some(Permit {
+                    deadline: Some(deadline),
+                    term: Some(term),
+                })
+            }
             Role::Follower => None,
         }
     }
@@ -645,6 +649,11 @@ mod tests {
         let permit = leadership.permit().unwrap();
         assert_eq!(permit.deadline, Some(sent + Duration::from_secs(15)));
         assert_eq!(permit.term, Some(term));
+        leadership.seen().renewed_at = Some(sent - Duration::from_secs(15));
+        assert!(
+            leadership.permit().is_none(),
+            "a Lease that could have expired gives no leave, whatever the role says"
+        );
     }
 
     #[test]
