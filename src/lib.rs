@@ -146,7 +146,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             status,
             metrics: Arc::clone(&metrics),
             refresh_now,
-            role: leadership.subscribe(),
+            leadership: Arc::clone(&leadership),
             events: Events::default(),
         };
         let token = refresher.once(deadline, &shutdown).await?;
@@ -257,7 +257,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         status: Arc::clone(&status),
         metrics,
         refresh_now,
-        role: leadership.subscribe(),
+        leadership: Arc::clone(&leadership),
         events,
     }
     .run(shutdown.clone())

@@ -11,7 +11,7 @@ use crate::cli::positive_duration;
 use crate::credentials::Credentials;
 use crate::fiskil::{ExchangeError, Token, TokenClient};
 use crate::fleet::events::{Events, Happening};
-use crate::fleet::lease::Role;
+use crate::fleet::lease::{Leadership, Role};
 use crate::metrics::{Metrics, RefreshResult};
 use crate::schedule::{Due, Failure, Held, Timing};
 use crate::status::Status;
@@ -48,7 +48,7 @@ pub struct Refresher {
     /// Notified on SIGHUP: refresh now.
     pub refresh_now: Arc<Notify>,
     /// Whether this replica may request tokens.
-    pub role: watch::Receiver<Role>,
+    pub leadership: Arc<Leadership>,
     pub events: Events,
 }
 
@@ -82,12 +82,18 @@ impl Refresher {
     /// each expiry, and at once again whenever the credentials change or SIGHUP arrives. A
     /// replica that loses the Lease drops its token and waits to lead again.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut role = self.leadership.subscribe();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                led = self.role.wait_for(Role::leads) => if led.is_err() { return },
+                led = role.wait_for(Role::leads) => if led.is_err() { return },
             }
-            self.lead(&shutdown).await;
+            self.lead(&mut role, &shutdown).await;
+            // A Lease that ran out before the elector noticed ends in a step-down: wait for it.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = role.wait_for(|role| !role.leads()) => {}
+            }
             if shutdown.is_cancelled() {
                 return;
             }
@@ -95,8 +101,8 @@ impl Refresher {
         }
     }
 
-    /// The refresh loop of a leader, until shutdown or the Lease is lost.
-    async fn lead(&mut self, shutdown: &CancellationToken) {
+    /// The refresh loop of a leader, until shutdown or the Lease is lost or has run out.
+    async fn lead(&mut self, role: &mut watch::Receiver<Role>, shutdown: &CancellationToken) {
         let mut failures = 0;
         let mut due = Due::after(std::time::Instant::now(), SystemTime::now(), Duration::ZERO);
         let mut newest: Option<Newest> = None;
@@ -106,7 +112,7 @@ impl Refresher {
             let wake = due.wake_at(std::time::Instant::now());
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = self.role.wait_for(|role| !role.leads()) => return,
+                _ = role.wait_for(|role| !role.leads()) => return,
                 () = tokio::time::sleep_until(Instant::from_std(wake)) => {
                     if !due.reached(std::time::Instant::now(), SystemTime::now()) {
                         continue;
@@ -122,6 +128,10 @@ impl Refresher {
                 () = self.refresh_now.notified() => {
                     tracing::info!("refresh requested (SIGHUP or a 401 at the proxy); refreshing the token now");
                 }
+            }
+            // A leader paused past its Lease wakes with its timers due: it requests nothing.
+            if self.leadership.permit().is_none() {
+                return;
             }
             let credentials = Arc::clone(&self.credentials.borrow_and_update());
             let (sent, sent_wall) = (std::time::Instant::now(), SystemTime::now());

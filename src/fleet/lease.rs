@@ -221,20 +221,40 @@ enum LeaseError {
     Conflict,
     #[error("forbidden to use Lease {0} (verbs get, update, watch on that name, and create); bind this ServiceAccount to a Role allowing them")]
     Forbidden(String),
-    #[error("the API server refused the Lease: {0}")]
-    Api(#[source] kube::Error),
+    #[error("cannot create the Lease {0}: its namespace does not exist; create it, or set --lease-namespace")]
+    NoNamespace(String),
+    #[error("the API server refused the Lease {lease} (HTTP {code} {reason}): {message}")]
+    Refused {
+        lease: String,
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("cannot reach the API server: {0}")]
+    Unreachable(#[source] kube::Error),
     #[error("the API server did not answer in time")]
     TimedOut,
 }
 
 impl LeaseError {
     fn from_kube(error: kube::Error, lease: &str) -> LeaseError {
-        match &error {
+        match error {
             kube::Error::Api(status) if status.code == 409 => LeaseError::Conflict,
             kube::Error::Api(status) if status.code == 403 => {
                 LeaseError::Forbidden(lease.to_owned())
             }
-            _ => LeaseError::Api(error),
+            kube::Error::Api(status)
+                if status.code == 404 && status.message.starts_with("namespaces ") =>
+            {
+                LeaseError::NoNamespace(lease.to_owned())
+            }
+            kube::Error::Api(status) => LeaseError::Refused {
+                lease: lease.to_owned(),
+                code: status.code,
+                reason: status.reason,
+                message: status.message,
+            },
+            other => LeaseError::Unreachable(other),
         }
     }
 }
@@ -300,6 +320,8 @@ impl Elector {
             version: None,
             changed_at: Instant::now(),
         };
+        // Failed attempts in a row: the first is a warning, repeats are debug lines.
+        let mut failures = 0u32;
         loop {
             let leading = self.leadership.role().leads();
             if !leading && shutdown.is_cancelled() {
@@ -316,6 +338,10 @@ impl Elector {
             )
             .await
             .unwrap_or(Err(LeaseError::TimedOut));
+            if attempt.is_ok() && failures > 0 {
+                tracing::info!(lease = %lease_ref, failures, "the Lease can be read and written again");
+                failures = 0;
+            }
             match attempt {
                 Ok(Attempt::Lead(term, lease)) => {
                     last = Some(lease);
@@ -328,7 +354,10 @@ impl Elector {
                 Err(e) => {
                     // Read the Lease afresh next time.
                     last = None;
-                    self.failed(&e, &lease_ref);
+                    if !matches!(e, LeaseError::Conflict) {
+                        failures += 1;
+                    }
+                    self.failed(&e, &lease_ref, failures == 1);
                 }
             }
             let wait = if self.leadership.role().leads() {
@@ -477,14 +506,17 @@ impl Elector {
         }
     }
 
-    fn failed(&self, error: &LeaseError, lease_ref: &str) {
+    /// Handles a failed attempt; `first` is true for the first failure of a streak.
+    fn failed(&self, error: &LeaseError, lease_ref: &str, first: bool) {
         let role = self.leadership.role();
         if !role.leads() {
             // Another replica writing the Lease first is the normal race between followers.
             if matches!(error, LeaseError::Conflict) {
                 tracing::debug!(lease = %lease_ref, "another replica took the Lease first");
+            } else if first {
+                tracing::warn!(error = %error, lease = %lease_ref, "cannot read or take the Lease; retrying every retry period (repeats are logged at debug level)");
             } else {
-                tracing::warn!(error = %error, lease = %lease_ref, "cannot read or take the Lease; retrying");
+                tracing::debug!(error = %error, lease = %lease_ref, "cannot read or take the Lease; retrying");
             }
             return;
         }
