@@ -9,6 +9,7 @@ use hyper::{Method, Request, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::fleet::lease::Role;
 use crate::metrics::Metrics;
 use crate::serve::{reply, Reply};
 use crate::status::Status;
@@ -65,16 +66,23 @@ fn route(request: &Request<Incoming>, status: &Status, metrics: &Metrics) -> Rep
 }
 
 fn readyz(status: &Status) -> Reply {
-    let readiness = status.readiness(SystemTime::now());
+    let readiness = status.readiness(SystemTime::now(), tokio::time::Instant::now());
     let time =
         |at: Option<SystemTime>| at.map(|at| humantime::format_rfc3339_millis(at).to_string());
     let outputs: serde_json::Map<String, serde_json::Value> = status
         .outputs
         .iter()
-        .map(|output| (output.name.to_owned(), time(output.expires_at()).into()))
+        .map(|output| (output.name.clone(), time(output.expires_at()).into()))
         .collect();
+    let role = match readiness.role {
+        Role::Single => "single",
+        Role::Leader(_) => "leader",
+        Role::Follower => "follower",
+    };
     let body = serde_json::json!({
         "ready": readiness.ready,
+        "role": role,
+        "leader": readiness.leader,
         "expires_at": time(readiness.expires_at),
         "next_refresh_at": time(readiness.next_refresh_at),
         "outputs": outputs,

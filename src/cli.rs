@@ -40,6 +40,17 @@ pub fn is_loopback_url(url: &Url) -> bool {
     }
 }
 
+/// A DNS label (`dots` false) or subdomain (`dots` true) of at most `max` characters.
+pub fn dns_name(text: &str, dots: bool, max: usize) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    text.len() <= max
+        && edge(text.chars().next())
+        && edge(text.chars().last())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,8 @@ use crate::admin::AdminArgs;
 use crate::credentials::{CredentialArgs, CredentialSources, CredentialTwice};
 use crate::explain::ExplainArgs;
 use crate::fiskil::{HttpArgs, HttpArgsError, HttpSettings};
+use crate::fleet::events::EventArgs;
+use crate::fleet::lease::{Election, LeaseArgs, LeaseArgsError};
 use crate::reach::{Reach, ReachArgs, ReachConfigError};
 use crate::refresher::OnceArgs;
 use crate::schedule::{Timing, TimingArgs, TimingError};
@@ -63,6 +65,10 @@ pub struct Args {
     #[command(flatten)]
     pub secret: SecretArgs,
     #[command(flatten)]
+    pub lease: LeaseArgs,
+    #[command(flatten)]
+    pub events: EventArgs,
+    #[command(flatten)]
     pub timing: TimingArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
@@ -92,13 +98,19 @@ pub enum ConfigError {
     #[error(transparent)]
     Secret(#[from] SecretArgsError),
     #[error(transparent)]
+    Lease(#[from] LeaseArgsError),
+    #[error(transparent)]
     Timing(#[from] TimingError),
     #[error(transparent)]
     Log(#[from] LogLevelError),
     #[error(transparent)]
     Reach(#[from] ReachConfigError),
-    #[error("no output configured: give --token-file PATH and/or --secret-name NAME")]
+    #[error("no output configured: give --token-file PATH and/or --secret-name NAME (or --secret NAMESPACE/NAME)")]
     NoOutput,
+    #[error("--leader-elect is for the Secret writer: give --secret-name or --secret, and drop --token-file, --once, --notify-*, --token-listen and --proxy-listen (a standby replica holds no token to hand out)")]
+    LeaderWithoutSecret,
+    #[error("--events needs an object to report about: set POD_NAME (and POD_NAMESPACE) from the downward API, or give a Secret output")]
+    EventsWithoutObject,
     #[error("--once exits after one token; --notify-*, --token-listen and --proxy-listen need the daemon running, so drop them or --once")]
     OnceWithReach,
 }
@@ -110,6 +122,10 @@ pub struct Config {
     pub credentials: CredentialSources,
     pub file: Option<FileOutput>,
     pub secret: Option<SecretOutput>,
+    /// With `--leader-elect`.
+    pub election: Option<Election>,
+    /// `--events`.
+    pub events: bool,
     pub timing: Timing,
     pub listen: SocketAddr,
     /// `Some(timeout)` with `--once`.
@@ -139,11 +155,23 @@ impl Config {
         if args.once.once && !reach.is_empty() {
             return Err(ConfigError::OnceWithReach);
         }
+        let election = args.lease.election()?;
+        if election.is_some()
+            && (secret.is_none() || file.is_some() || args.once.once || !reach.is_empty())
+        {
+            return Err(ConfigError::LeaderWithoutSecret);
+        }
+        let events = args.events.events;
+        if events && secret.is_none() && env("POD_NAME").is_none_or(|name| name.is_empty()) {
+            return Err(ConfigError::EventsWithoutObject);
+        }
         Ok(Config {
             http,
             credentials,
             file,
             secret,
+            election,
+            events,
             timing,
             listen: args.admin.listen,
             once: args.once.deadline(),
@@ -221,6 +249,47 @@ mod tests {
             "127.0.0.1:9848",
         ]);
         assert!(matches!(err, Err(ConfigError::OnceWithReach)));
+    }
+
+    #[test]
+    fn leader_election_is_for_the_secret_writer_only() {
+        let secret = ["--leader-elect", "--secret", "ops/token"];
+        let config = parse(&secret).unwrap();
+        assert_eq!(config.election.unwrap().name, "fiskil-token-refresher");
+        for extra in [
+            &["--token-file", "/tmp/token"][..],
+            &["--once"],
+            &["--notify-url", "http://127.0.0.1:1/"],
+        ] {
+            let mut argv = secret.to_vec();
+            argv.extend_from_slice(extra);
+            assert!(
+                matches!(parse(&argv), Err(ConfigError::LeaderWithoutSecret)),
+                "{extra:?}"
+            );
+        }
+        assert!(matches!(
+            parse(&["--leader-elect", "--token-file", "/tmp/token"]),
+            Err(ConfigError::LeaderWithoutSecret)
+        ));
+    }
+
+    #[test]
+    fn events_need_a_pod_or_a_secret_to_be_about() {
+        assert!(
+            parse(&["--events", "--secret-name", "token"])
+                .unwrap()
+                .events
+        );
+        assert!(matches!(
+            parse(&["--events", "--token-file", "/tmp/token"]),
+            Err(ConfigError::EventsWithoutObject)
+        ));
+        let argv = ["x", "--events", "--token-file", "/tmp/token"];
+        let with_pod = Config::from_args(Args::try_parse_from(argv).unwrap(), |name| {
+            (name == "POD_NAME").then(|| "app-0".to_owned())
+        });
+        assert!(with_pod.unwrap().events);
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod config;
 pub mod credentials;
 pub mod explain;
 pub mod fiskil;
+pub mod fleet;
+pub mod kubernetes;
 pub mod metrics;
 pub mod reach;
 pub mod refresher;
@@ -30,13 +32,18 @@ use tokio_util::sync::CancellationToken;
 use config::Config;
 use credentials::CredentialsError;
 use fiskil::{ClientError, TokenClient};
+use fleet::events::{Events, Regarding};
+use fleet::lease::{Elector, Leadership};
+use kubernetes::{Kube, KubeSetupError, Pod};
 use metrics::Metrics;
 use refresher::{OnceError, Refresher};
-use sink::{file::FileError, secret::SecretSetupError, Output, OutputError};
+use sink::{file::FileError, secret::SecretSink, Output, OutputError};
 use status::{OutputStatus, Status};
 
 /// How long outputs may take to finish their writes after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long releasing the Lease, and publishing the last Events, may take at shutdown.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why the daemon stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +55,7 @@ pub enum Error {
     #[error(transparent)]
     FileSetup(#[from] FileError),
     #[error(transparent)]
-    SecretSetup(#[from] SecretSetupError),
+    Kube(#[from] KubeSetupError),
     #[error("cannot listen on --listen {addr}: {source}; choose a free address or port")]
     Listen {
         addr: SocketAddr,
@@ -71,7 +78,7 @@ impl Error {
             Error::Credentials(_)
             | Error::Client(_)
             | Error::FileSetup(_)
-            | Error::SecretSetup(_)
+            | Error::Kube(_)
             | Error::Listen { .. }
             | Error::Reach(_) => 2,
             Error::Signals(_) | Error::Once(_) | Error::OnceWrite(_) => 1,
@@ -83,24 +90,48 @@ impl Error {
 pub async fn run(config: Config) -> Result<(), Error> {
     let credentials = config.credentials.load()?;
     let client = TokenClient::new(&config.http)?;
+    let env = |name: &str| std::env::var(name).ok();
+    let kube = match (&config.secret, config.events) {
+        (None, false) => None,
+        (secret, _) => {
+            let needed = if secret.is_some() {
+                "--secret-name/--secret"
+            } else {
+                "--events"
+            };
+            Some(Kube::connect(config.http.request_timeout, needed).await?)
+        }
+    };
     let mut outputs = Vec::new();
     if let Some(file) = &config.file {
         outputs.push(Output::File(sink::file::FileSink::new(file)?));
     }
-    if let Some(secret) = &config.secret {
-        outputs.push(Output::Secret(Box::new(
-            sink::secret::SecretSink::new(secret).await?,
-        )));
-    }
+    let secret_sinks = match (&config.secret, &kube) {
+        (Some(secret), Some(kube)) => SecretSink::for_each_target(kube, secret),
+        _ => Vec::new(),
+    };
+    let first_secret = secret_sinks.first().map(|sink| sink.target().clone());
+    outputs.extend(
+        secret_sinks
+            .into_iter()
+            .map(|sink| Output::Secret(Box::new(sink))),
+    );
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     let refresh_now = Arc::new(Notify::new());
     signals::install(shutdown.clone(), Arc::clone(&refresh_now)).map_err(Error::Signals)?;
+    let identity = kubernetes::identity(env);
+    let leadership = match &config.election {
+        Some(election) => Leadership::elected(election.duration),
+        None => Leadership::single(),
+    };
+    metrics.set_leader(config.election.is_none());
     let status = Arc::new(Status::new(
         outputs
             .iter()
-            .map(|o| Arc::new(OutputStatus::new(o.name())))
+            .map(|o| Arc::new(OutputStatus::new(o.name().to_owned())))
             .collect(),
+        Arc::clone(&leadership),
         shutdown.clone(),
     ));
     let (tokens, tokens_rx) = watch::channel(None);
@@ -115,6 +146,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
             status,
             metrics: Arc::clone(&metrics),
             refresh_now,
+            role: leadership.subscribe(),
+            events: Events::default(),
         };
         let token = refresher.once(deadline, &shutdown).await?;
         for output in &outputs {
@@ -151,23 +184,62 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .await?;
     tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), token_url = %config.http.token_url, "started");
 
+    let (events, publisher) = match (&kube, config.events) {
+        (Some(kube), true) => {
+            let regarding = Regarding {
+                pod: Pod::from_env(env, &kube.default_namespace),
+                fallback: first_secret,
+            };
+            let (events, task) =
+                fleet::events::start(kube.client.clone(), identity.clone(), regarding);
+            (events, Some(task))
+        }
+        _ => (Events::default(), None),
+    };
+    let elector_stop = CancellationToken::new();
+    let elector = match (&kube, config.election) {
+        (Some(kube), Some(election)) => {
+            let namespace = election
+                .namespace
+                .clone()
+                .unwrap_or_else(|| kube.default_namespace.clone());
+            let elector = Elector {
+                api: kube::Api::namespaced(kube.client.clone(), &namespace),
+                election,
+                identity,
+                leadership: Arc::clone(&leadership),
+                metrics: Arc::clone(&metrics),
+                events: events.clone(),
+            };
+            Some(tokio::spawn(
+                elector.run(shutdown.clone(), elector_stop.clone()),
+            ))
+        }
+        _ => None,
+    };
     let credentials = credentials::watch(
         config.credentials,
         credentials,
         Arc::clone(&metrics),
         shutdown.clone(),
     );
+    let shared = sink::Shared {
+        metrics: Arc::clone(&metrics),
+        timing: config.timing,
+        leadership: Arc::clone(&leadership),
+        events: events.clone(),
+    };
     let mut writers = JoinSet::new();
     for (output, output_status) in outputs.into_iter().zip(status.outputs.iter()) {
         writers.spawn(sink::run(
             output,
             tokens_rx.clone(),
             Arc::clone(output_status),
-            Arc::clone(&metrics),
-            config.timing,
+            shared.clone(),
             shutdown.clone(),
         ));
     }
+    drop(shared);
     // The health server outlives the drain, so probes see "not ready" rather than a refused
     // connection while the outputs finish.
     let admin_stop = CancellationToken::new();
@@ -185,6 +257,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         status: Arc::clone(&status),
         metrics,
         refresh_now,
+        role: leadership.subscribe(),
+        events,
     }
     .run(shutdown.clone())
     .await;
@@ -195,6 +269,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .await;
     if drained.is_err() {
         tracing::warn!("outputs still busy at shutdown; stopping them");
+    }
+    // Writes are over: the Lease can go to a follower now.
+    elector_stop.cancel();
+    if let Some(elector) = elector {
+        let _ = tokio::time::timeout(RELEASE_TIMEOUT, elector).await;
+    }
+    if let Some(publisher) = publisher {
+        let _ = tokio::time::timeout(RELEASE_TIMEOUT, publisher).await;
     }
     admin_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(3), admin).await;

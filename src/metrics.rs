@@ -37,13 +37,13 @@ struct ResultLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutputLabels {
-    output: &'static str,
+    output: String,
     result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutputNameLabels {
-    output: &'static str,
+    output: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +78,7 @@ pub struct Metrics {
     notify: Family<NotifyLabels, Counter>,
     proxy_requests: Family<CodeLabels, Counter>,
     proxy_duration: Histogram,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -158,6 +159,12 @@ impl Metrics {
             "Time from a request's arrival at the proxy to its response headers",
             proxy_duration.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica may request tokens and write (it holds the Lease, or runs without --leader-elect), else 0",
+            leader.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -182,6 +189,7 @@ impl Metrics {
             notify,
             proxy_requests,
             proxy_duration,
+            leader,
         }
     }
 
@@ -209,18 +217,28 @@ impl Metrics {
     }
 
     /// Records one write to an output.
-    pub fn observe_write(&self, output: &'static str, ok: bool) {
+    pub fn observe_write(&self, output: &str, ok: bool) {
         let result = if ok { "success" } else { "error" };
         self.output_write
-            .get_or_create(&OutputLabels { output, result })
+            .get_or_create(&OutputLabels {
+                output: output.to_owned(),
+                result,
+            })
             .inc();
     }
 
     /// Records that `output` now holds a token expiring at `at`.
-    pub fn set_output_expiry(&self, output: &'static str, at: SystemTime) {
+    pub fn set_output_expiry(&self, output: &str, at: SystemTime) {
         self.output_expiry
-            .get_or_create(&OutputNameLabels { output })
+            .get_or_create(&OutputNameLabels {
+                output: output.to_owned(),
+            })
             .set(unix_seconds(at));
+    }
+
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, leads: bool) {
+        self.leader.set(i64::from(leads));
     }
 
     /// Records one notification attempt.
@@ -265,7 +283,11 @@ mod tests {
         metrics.observe_refresh(RefreshResult::InvalidResponse, 0.2);
         metrics.observe_write("file", true);
         metrics.credential_reloads.inc();
-        metrics.set_output_expiry("secret", UNIX_EPOCH + std::time::Duration::from_secs(90));
+        metrics.set_output_expiry(
+            "secret:team-a/token",
+            UNIX_EPOCH + std::time::Duration::from_secs(90),
+        );
+        metrics.set_leader(true);
         metrics.observe_notify("signal", false);
         metrics.observe_proxy(401, 0.002);
         let text = metrics.encode();
@@ -277,7 +299,8 @@ mod tests {
             "fiskil_token_refresher_last_success_timestamp_seconds 0.0",
             "fiskil_token_refresher_credential_reloads_total 1",
             "fiskil_token_refresher_output_write_total{output=\"file\",result=\"success\"} 1",
-            "fiskil_token_refresher_output_token_expiry_timestamp_seconds{output=\"secret\"} 90.0",
+            "fiskil_token_refresher_output_token_expiry_timestamp_seconds{output=\"secret:team-a/token\"} 90.0",
+            "fiskil_token_refresher_leader 1",
             "fiskil_token_refresher_build_info{version=\"",
             "fiskil_token_refresher_notify_total{kind=\"signal\",result=\"error\"} 1",
             "fiskil_token_refresher_proxy_requests_total{code=\"401\"} 1",

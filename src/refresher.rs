@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::positive_duration;
 use crate::credentials::Credentials;
 use crate::fiskil::{ExchangeError, Token, TokenClient};
+use crate::fleet::events::{Events, Happening};
+use crate::fleet::lease::Role;
 use crate::metrics::{Metrics, RefreshResult};
 use crate::schedule::{Due, Failure, Held, Timing};
 use crate::status::Status;
@@ -45,6 +47,23 @@ pub struct Refresher {
     pub metrics: Arc<Metrics>,
     /// Notified on SIGHUP: refresh now.
     pub refresh_now: Arc<Notify>,
+    /// Whether this replica may request tokens.
+    pub role: watch::Receiver<Role>,
+    pub events: Events,
+}
+
+/// A failing state worth an Event when it begins and when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alarm {
+    Rejected,
+    ExpiringSoon,
+}
+
+/// The newest token's expiry and lifetime.
+#[derive(Debug, Clone, Copy)]
+struct Newest {
+    expires_at: SystemTime,
+    lifetime: Duration,
 }
 
 /// Why `--once` gave up.
@@ -59,17 +78,35 @@ pub enum OnceError {
 }
 
 impl Refresher {
-    /// Runs until `shutdown`: requests a token at once, then before each expiry, and at once
-    /// again whenever the credentials change or SIGHUP arrives.
+    /// Runs until `shutdown`. While this replica leads: requests a token at once, then before
+    /// each expiry, and at once again whenever the credentials change or SIGHUP arrives. A
+    /// replica that loses the Lease drops its token and waits to lead again.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                led = self.role.wait_for(Role::leads) => if led.is_err() { return },
+            }
+            self.lead(&shutdown).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            self.tokens.send_replace(None);
+        }
+    }
+
+    /// The refresh loop of a leader, until shutdown or the Lease is lost.
+    async fn lead(&mut self, shutdown: &CancellationToken) {
         let mut failures = 0;
         let mut due = Due::after(std::time::Instant::now(), SystemTime::now(), Duration::ZERO);
-        let mut expires_at = None;
+        let mut newest: Option<Newest> = None;
+        let mut alarm: Option<Alarm> = None;
         let mut watching = true;
         loop {
             let wake = due.wake_at(std::time::Instant::now());
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                _ = self.role.wait_for(|role| !role.leads()) => return,
                 () = tokio::time::sleep_until(Instant::from_std(wake)) => {
                     if !due.reached(std::time::Instant::now(), SystemTime::now()) {
                         continue;
@@ -96,17 +133,25 @@ impl Refresher {
                 .observe_refresh(result_label(&result), sent.elapsed().as_secs_f64());
             let delay = match result {
                 Ok(token) => {
+                    if alarm.take().is_some() {
+                        self.events.emit(Happening::TokenRefreshed { failures });
+                    }
                     failures = 0;
                     let delay = self.timing.refresh_delay(token.lifetime, rand::random());
                     self.log_refreshed(&token, sent_wall + delay);
-                    expires_at = Some(token.expires_at());
+                    newest = Some(Newest {
+                        expires_at: token.expires_at(),
+                        lifetime: token.lifetime,
+                    });
                     self.metrics.set_token_expiry(token.expires_at());
                     self.tokens.send_replace(Some(Arc::new(token)));
                     delay
                 }
                 Err(e) => {
                     failures += 1;
-                    let held = Held::at(expires_at, SystemTime::now());
+                    let now = SystemTime::now();
+                    let held = Held::at(newest.map(|n| n.expires_at), now);
+                    self.raise(&mut alarm, &e, failures, held, newest);
                     let delay =
                         self.timing
                             .retry_delay(failures, e.failure(), held, rand::random());
@@ -117,6 +162,46 @@ impl Refresher {
             due = Due::after(sent, sent_wall, delay);
             self.status.set_next_refresh_at(due.wall);
             self.metrics.set_next_refresh(due.wall);
+        }
+    }
+
+    /// Publishes an Event when a failure starts a new alarm: rejected credentials, or a token
+    /// with under a quarter of its lifetime left (or none) while the endpoint keeps failing.
+    fn raise(
+        &self,
+        alarm: &mut Option<Alarm>,
+        error: &ExchangeError,
+        failures: u32,
+        held: Held,
+        newest: Option<Newest>,
+    ) {
+        let (now_alarm, happening) = match (error.failure(), held) {
+            (Failure::Rejected, _) => (
+                Alarm::Rejected,
+                Happening::CredentialsRejected {
+                    error: error.to_string(),
+                },
+            ),
+            (_, Held::Valid { left })
+                if newest.is_some_and(|n| left.saturating_mul(4) >= n.lifetime) =>
+            {
+                return;
+            }
+            (_, held) => (
+                Alarm::ExpiringSoon,
+                Happening::TokenExpiringSoon {
+                    left: match held {
+                        Held::Valid { left } => left,
+                        Held::Expired => Duration::ZERO,
+                    },
+                    failures,
+                    error: error.to_string(),
+                },
+            ),
+        };
+        if *alarm != Some(now_alarm) {
+            *alarm = Some(now_alarm);
+            self.events.emit(happening);
         }
     }
 

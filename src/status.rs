@@ -7,15 +7,17 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::fleet::lease::{Leadership, Role};
+
 /// The expiry of the token an output last wrote.
 #[derive(Debug)]
 pub struct OutputStatus {
-    pub name: &'static str,
+    pub name: String,
     expires_at: watch::Sender<Option<SystemTime>>,
 }
 
 impl OutputStatus {
-    pub fn new(name: &'static str) -> Self {
+    pub fn new(name: String) -> Self {
         OutputStatus {
             name,
             expires_at: watch::Sender::new(None),
@@ -41,6 +43,7 @@ impl OutputStatus {
 #[derive(Debug)]
 pub struct Status {
     pub outputs: Vec<Arc<OutputStatus>>,
+    pub leadership: Arc<Leadership>,
     next_refresh_at: Mutex<Option<SystemTime>>,
     alive: AtomicBool,
     /// Cancelled when shutdown begins: from then on the daemon is not ready.
@@ -54,12 +57,20 @@ pub struct Readiness {
     /// The earliest expiry among the outputs, if every output holds a token.
     pub expires_at: Option<SystemTime>,
     pub next_refresh_at: Option<SystemTime>,
+    pub role: Role,
+    /// For a follower: the holder of the Lease it last saw.
+    pub leader: Option<String>,
 }
 
 impl Status {
-    pub fn new(outputs: Vec<Arc<OutputStatus>>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        outputs: Vec<Arc<OutputStatus>>,
+        leadership: Arc<Leadership>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Status {
             outputs,
+            leadership,
             next_refresh_at: Mutex::new(None),
             alive: AtomicBool::new(true),
             shutdown,
@@ -82,14 +93,23 @@ impl Status {
         self.alive.load(Ordering::Relaxed)
     }
 
-    /// Ready while every output holds a token that has not expired at `now`, until shutdown
-    /// begins.
-    pub fn readiness(&self, now: SystemTime) -> Readiness {
+    /// Until shutdown begins: a writer (the leader, or the only replica) is ready while every
+    /// output holds a token that has not expired at `now`; a follower while it can take over,
+    /// having read the Lease within the lease duration (`now_monotonic`).
+    pub fn readiness(&self, now: SystemTime, now_monotonic: tokio::time::Instant) -> Readiness {
         let expiries: Option<Vec<SystemTime>> =
             self.outputs.iter().map(|o| o.expires_at()).collect();
         let expires_at = expiries.and_then(|all| all.into_iter().min());
+        let role = self.leadership.role();
+        let (standby, leader) = self.leadership.standby(now_monotonic);
+        let serving = match role {
+            Role::Follower => standby,
+            Role::Single | Role::Leader(_) => expires_at.is_some_and(|at| at > now),
+        };
         Readiness {
-            ready: !self.shutdown.is_cancelled() && expires_at.is_some_and(|at| at > now),
+            ready: !self.shutdown.is_cancelled() && serving,
+            leader: (role == Role::Follower).then_some(leader).flatten(),
+            role,
             expires_at,
             next_refresh_at: *self
                 .next_refresh_at
@@ -109,21 +129,36 @@ mod tests {
         let shutdown = CancellationToken::new();
         let status = Status::new(
             vec![
-                Arc::new(OutputStatus::new("file")),
-                Arc::new(OutputStatus::new("secret")),
+                Arc::new(OutputStatus::new("file".into())),
+                Arc::new(OutputStatus::new("secret:ns/token".into())),
             ],
+            Leadership::single(),
             shutdown.clone(),
         );
         let now = SystemTime::now();
-        assert!(!status.readiness(now).ready);
+        let mono = tokio::time::Instant::now();
+        assert!(!status.readiness(now, mono).ready);
         status.outputs[0].set_expires_at(now + Duration::from_secs(60));
-        assert!(!status.readiness(now).ready, "one output still empty");
+        assert!(!status.readiness(now, mono).ready, "one output still empty");
         status.outputs[1].set_expires_at(now + Duration::from_secs(30));
-        let readiness = status.readiness(now);
+        let readiness = status.readiness(now, mono);
         assert!(readiness.ready);
+        assert_eq!(readiness.role, Role::Single);
         assert_eq!(readiness.expires_at, Some(now + Duration::from_secs(30)));
-        assert!(!status.readiness(now + Duration::from_secs(31)).ready);
+        assert!(!status.readiness(now + Duration::from_secs(31), mono).ready);
         shutdown.cancel();
-        assert!(!status.readiness(now).ready, "shutting down");
+        assert!(!status.readiness(now, mono).ready, "shutting down");
+    }
+
+    #[test]
+    fn a_follower_that_never_read_the_lease_is_not_ready() {
+        let status = Status::new(
+            vec![Arc::new(OutputStatus::new("secret:ns/token".into()))],
+            Leadership::elected(Duration::from_secs(15)),
+            CancellationToken::new(),
+        );
+        let readiness = status.readiness(SystemTime::now(), tokio::time::Instant::now());
+        assert_eq!(readiness.role, Role::Follower);
+        assert!(!readiness.ready);
     }
 }

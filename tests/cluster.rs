@@ -103,15 +103,17 @@ async fn creates_and_updates_the_secret_and_keeps_other_keys() {
         Some("payments")
     );
     assert!(
-        daemon.metric(
-            "fiskil_token_refresher_output_write_total{output=\"secret\",result=\"success\"}"
-        ) >= 3.0
+        daemon.metric(&format!(
+            "fiskil_token_refresher_output_write_total{{output=\"secret:{namespace}/{SECRET}\",result=\"success\"}}"
+        )) >= 3.0
     );
     let (code, body) = daemon.get("/readyz");
     assert_eq!(code, 200, "{body}");
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(
-        ready["outputs"]["secret"].is_string() && ready["outputs"]["file"].is_string(),
+        ready["outputs"][format!("secret:{namespace}/{SECRET}")].is_string()
+            && ready["outputs"]["file"].is_string()
+            && ready["role"] == "single",
         "{body}"
     );
     fixture.assert_logs_clean(&daemon);
@@ -286,9 +288,9 @@ async fn the_file_keeps_refreshing_while_the_api_server_is_down() {
         },
     );
     assert!(
-        daemon.metric(
-            "fiskil_token_refresher_output_write_total{output=\"secret\",result=\"error\"}"
-        ) >= 1.0
+        daemon.metric(&format!(
+            "fiskil_token_refresher_output_write_total{{output=\"secret:{namespace}/{SECRET}\",result=\"error\"}}"
+        )) >= 1.0
     );
     let restarted = Instant::now();
     let serving = cluster.start_apiserver(&apiserver).await;

@@ -9,6 +9,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::fiskil::Token;
+use crate::fleet::events::{Events, Happening};
+use crate::fleet::lease::{Leadership, Permit};
 use crate::metrics::Metrics;
 use crate::schedule::{Held, Timing};
 use crate::status::OutputStatus;
@@ -27,24 +29,64 @@ pub enum OutputError {
     File(#[from] file::FileError),
     #[error(transparent)]
     Secret(#[from] secret::SecretError),
+    #[error(
+        "the write could not finish before the Lease might expire; the next leader writes instead"
+    )]
+    LeaseRanOut,
 }
 
 impl Output {
-    /// The `output` metric label and the name in logs.
-    pub fn name(&self) -> &'static str {
+    /// The `output` metric label and the name in logs and `/readyz`: `file`, or
+    /// `secret:NAMESPACE/NAME`.
+    pub fn name(&self) -> &str {
         match self {
             Output::File(_) => "file",
-            Output::Secret(_) => "secret",
+            Output::Secret(sink) => sink.name(),
         }
     }
 
-    /// Writes one token.
-    pub async fn write(&self, token: &Token) -> Result<(), OutputError> {
-        match self {
-            Output::File(sink) => Ok(sink.write(token).await?),
-            Output::Secret(sink) => Ok(sink.write(token).await?),
+    /// Writes one token; a permit's term is recorded with it, and the write is abandoned if it
+    /// cannot finish by the permit's deadline.
+    pub async fn write(&self, token: &Token, permit: &Permit) -> Result<(), OutputError> {
+        let write = async {
+            match self {
+                Output::File(sink) => Ok(sink.write(token).await?),
+                Output::Secret(sink) => Ok(sink.write(token, permit.term.as_ref()).await?),
+            }
+        };
+        match permit.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, write)
+                .await
+                .unwrap_or(Err(OutputError::LeaseRanOut)),
+            None => write.await,
         }
     }
+
+    /// The Event to publish when this output starts failing (`error`) or recovers (`None`).
+    fn happening(&self, error: Option<&OutputError>) -> Happening {
+        let output = self.name().to_owned();
+        let secret = match self {
+            Output::File(_) => None,
+            Output::Secret(sink) => Some(sink.target().clone()),
+        };
+        match error {
+            Some(error) => Happening::WriteFailed {
+                output,
+                secret,
+                error: error.to_string(),
+            },
+            None => Happening::WriteRecovered { output, secret },
+        }
+    }
+}
+
+/// What every output's task shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub timing: Timing,
+    pub leadership: Arc<Leadership>,
+    pub events: Events,
 }
 
 /// How a write-with-retries ended.
@@ -55,15 +97,17 @@ enum Written {
 }
 
 /// Writes every new token to `output`, retrying failures with backoff until it succeeds, a
-/// newer token replaces it, or shutdown. A write in progress always finishes.
+/// newer token replaces it, or shutdown. A write in progress always finishes; nothing is
+/// written without leave from the leadership.
 pub async fn run(
     output: Output,
     mut tokens: watch::Receiver<Option<Arc<Token>>>,
     status: Arc<OutputStatus>,
-    metrics: Arc<Metrics>,
-    timing: Timing,
+    shared: Shared,
     shutdown: CancellationToken,
 ) {
+    // Whether the last write failed, so an Event marks each change and not each retry.
+    let mut failing = false;
     loop {
         let token = tokens.borrow_and_update().clone();
         if let Some(token) = token {
@@ -72,8 +116,8 @@ pub async fn run(
                 &token,
                 &mut tokens,
                 &status,
-                &metrics,
-                timing,
+                &shared,
+                &mut failing,
                 &shutdown,
             )
             .await
@@ -95,25 +139,41 @@ async fn write_until_done(
     token: &Token,
     tokens: &mut watch::Receiver<Option<Arc<Token>>>,
     status: &OutputStatus,
-    metrics: &Metrics,
-    timing: Timing,
+    shared: &Shared,
+    failing: &mut bool,
     shutdown: &CancellationToken,
 ) -> Written {
     let mut failures = 0;
     loop {
-        match output.write(token).await {
+        // A replica that lost the Lease holds no token to write: the refresh loop clears it.
+        let Some(permit) = shared.leadership.permit() else {
+            return Written::Done;
+        };
+        let result = output.write(token, &permit).await;
+        shared.metrics.observe_write(output.name(), result.is_ok());
+        match result {
             Ok(()) => {
-                metrics.observe_write(output.name(), true);
-                metrics.set_output_expiry(output.name(), token.expires_at());
+                shared
+                    .metrics
+                    .set_output_expiry(output.name(), token.expires_at());
                 status.set_expires_at(token.expires_at());
+                if std::mem::take(failing) {
+                    tracing::info!(
+                        output = output.name(),
+                        "the output holds a current token again"
+                    );
+                    shared.events.emit(output.happening(None));
+                }
                 return Written::Done;
             }
             Err(e) => {
-                metrics.observe_write(output.name(), false);
                 failures += 1;
                 let held = Held::at(status.expires_at(), std::time::SystemTime::now());
-                let delay = timing.backoff(failures, held, rand::random());
+                let delay = shared.timing.backoff(failures, held, rand::random());
                 tracing::warn!(output = output.name(), error = %e, retry_in = ?delay, "cannot write the token");
+                if !std::mem::replace(failing, true) {
+                    shared.events.emit(output.happening(Some(&e)));
+                }
                 tokio::select! {
                     () = shutdown.cancelled() => return Written::Stopped,
                     changed = tokens.changed() => return if changed.is_ok() { Written::Superseded } else { Written::Stopped },
@@ -133,8 +193,12 @@ pub async fn write_once(
     deadline: tokio::time::Instant,
 ) -> Result<(), OutputError> {
     let mut failures = 0;
+    let permit = Permit {
+        deadline: None,
+        term: None,
+    };
     loop {
-        match output.write(token).await {
+        match output.write(token, &permit).await {
             Ok(()) => {
                 metrics.observe_write(output.name(), true);
                 return Ok(());

@@ -2,7 +2,6 @@
 //! manager, leaving keys, labels and annotations that others own untouched.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -12,17 +11,22 @@ use kube::api::{Patch, PatchParams};
 use kube::Api;
 use secrecy::ExposeSecret;
 
+use crate::cli::dns_name;
 use crate::fiskil::Token;
+use crate::fleet::events::SecretRef;
+use crate::fleet::lease::Term;
+use crate::kubernetes::Kube;
 
 /// The field manager that owns the keys this program writes.
 pub const FIELD_MANAGER: &str = "fiskil-token-refresher";
 /// The Secret key holding the token's expiry as RFC 3339.
 pub const EXPIRES_AT_KEY: &str = "expires_at";
-/// Where a pod finds its own namespace.
-pub const SERVICE_ACCOUNT_NAMESPACE: &str =
-    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+/// With leader election, the replica that wrote the token.
+pub const WRITER_ANNOTATION: &str = "fiskil-token-refresher/writer";
+/// With leader election, the Lease term (its `leaseTransitions`) the token was written in.
+pub const TERM_ANNOTATION: &str = "fiskil-token-refresher/lease-term";
 
-/// The Kubernetes Secret output.
+/// The Kubernetes Secret outputs.
 #[derive(clap::Args, Debug)]
 #[command(next_help_heading = "Kubernetes Secret")]
 pub struct SecretArgs {
@@ -34,7 +38,17 @@ pub struct SecretArgs {
     #[arg(long, env = "FISKIL_SECRET_NAMESPACE", value_name = "NAMESPACE")]
     pub secret_namespace: Option<String>,
 
-    /// Key of --secret-name that holds the token (the key expires_at holds its expiry)
+    /// Also write the token into this Secret; repeat (or separate with commas) to fan one token
+    /// out to many namespaces, each written on its own
+    #[arg(
+        long = "secret",
+        env = "FISKIL_SECRETS",
+        value_name = "NAMESPACE/NAME",
+        value_delimiter = ','
+    )]
+    pub secrets: Vec<String>,
+
+    /// Key of each Secret that holds the token (the key expires_at holds its expiry)
     #[arg(
         long,
         env = "FISKIL_SECRET_KEY",
@@ -53,33 +67,67 @@ pub enum SecretArgsError {
         "--secret-namespace {0:?} is not a valid namespace; use lowercase letters, digits and '-'"
     )]
     Namespace(String),
+    #[error("--secret {0:?} is not NAMESPACE/NAME; give a namespace (lowercase letters, digits, '-'), a slash and a Secret name")]
+    Target(String),
+    #[error("the Secret {0} is named twice; give each target once")]
+    Twice(String),
     #[error("--secret-key {0:?} is not usable; use letters, digits, '-', '_' and '.', and not expires_at")]
     Key(String),
+}
+
+/// One Secret to write; without a namespace, the default namespace applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: Option<String>,
+    pub name: String,
 }
 
 /// Where the token goes in Kubernetes.
 #[derive(Debug, Clone)]
 pub struct SecretOutput {
-    pub name: String,
-    pub namespace: Option<String>,
+    pub targets: Vec<Target>,
     pub key: String,
     /// Time allowed for one API server call.
     pub timeout: Duration,
 }
 
 impl SecretArgs {
-    /// The Secret output, if `--secret-name` is given; `timeout` bounds each API call.
+    /// The Secret outputs, if `--secret-name` or `--secret` is given; `timeout` bounds each API
+    /// call.
     pub fn output(self, timeout: Duration) -> Result<Option<SecretOutput>, SecretArgsError> {
-        let Some(name) = self.secret_name else {
-            return Ok(None);
-        };
-        if !dns_name(&name, true, 253) {
-            return Err(SecretArgsError::Name(name));
-        }
-        if let Some(namespace) = &self.secret_namespace {
-            if !dns_name(namespace, false, 63) {
-                return Err(SecretArgsError::Namespace(namespace.clone()));
+        let mut targets = Vec::new();
+        if let Some(name) = self.secret_name {
+            if !dns_name(&name, true, 253) {
+                return Err(SecretArgsError::Name(name));
             }
+            if let Some(namespace) = &self.secret_namespace {
+                if !dns_name(namespace, false, 63) {
+                    return Err(SecretArgsError::Namespace(namespace.clone()));
+                }
+            }
+            targets.push(Target {
+                namespace: self.secret_namespace,
+                name,
+            });
+        }
+        for raw in self.secrets {
+            let target = raw
+                .split_once('/')
+                .filter(|(namespace, name)| {
+                    dns_name(namespace, false, 63) && dns_name(name, true, 253)
+                })
+                .map(|(namespace, name)| Target {
+                    namespace: Some(namespace.to_owned()),
+                    name: name.to_owned(),
+                })
+                .ok_or_else(|| SecretArgsError::Target(raw.clone()))?;
+            if targets.contains(&target) {
+                return Err(SecretArgsError::Twice(raw));
+            }
+            targets.push(target);
+        }
+        if targets.is_empty() {
+            return Ok(None);
         }
         let key = self.secret_key;
         let key_ok = !key.is_empty()
@@ -94,32 +142,11 @@ impl SecretArgs {
             return Err(SecretArgsError::Key(key));
         }
         Ok(Some(SecretOutput {
-            name,
-            namespace: self.secret_namespace,
+            targets,
             key,
             timeout,
         }))
     }
-}
-
-/// A DNS label (`dots` false) or subdomain (`dots` true) of at most `max` characters.
-fn dns_name(text: &str, dots: bool, max: usize) -> bool {
-    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    text.len() <= max
-        && edge(text.chars().next())
-        && edge(text.chars().last())
-        && text
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.'))
-}
-
-/// The Secret output cannot be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretSetupError {
-    #[error("no Kubernetes connection for --secret-name: {0}; set KUBECONFIG, or run in a pod with a ServiceAccount")]
-    NoCluster(String),
-    #[error("cannot build the Kubernetes client: {0}")]
-    Client(String),
 }
 
 /// A write to the Secret failed.
@@ -151,60 +178,72 @@ pub enum SecretError {
 #[derive(Clone)]
 pub struct SecretSink {
     api: Api<Secret>,
-    name: String,
-    namespace: String,
+    target: SecretRef,
+    /// The output's name: `secret:NAMESPACE/NAME`.
+    output: String,
     key: String,
     timeout: Duration,
 }
 
 impl std::fmt::Debug for SecretSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "SecretSink({}/{} key {})",
-            self.namespace, self.name, self.key
-        )
+        write!(f, "SecretSink({} key {})", self.output, self.key)
     }
 }
 
 impl SecretSink {
-    /// Connects the usual way (KUBECONFIG or ~/.kube/config when present, else the pod's
-    /// ServiceAccount) and settles the namespace. The client does not retry on its own: the
-    /// output's backoff retries, always with the newest token.
-    pub async fn new(output: &SecretOutput) -> Result<Self, SecretSetupError> {
-        let mut config = kube::Config::infer()
-            .await
-            .map_err(|e| SecretSetupError::NoCluster(e.to_string()))?;
-        config.default_retry = false;
-        config.connect_timeout = Some(output.timeout);
-        config.read_timeout = Some(output.timeout);
-        config.write_timeout = Some(output.timeout);
-        let namespace = infer_namespace(
-            output.namespace.as_deref(),
-            Path::new(SERVICE_ACCOUNT_NAMESPACE),
-            &config.default_namespace,
-        );
-        let client =
-            kube::Client::try_from(config).map_err(|e| SecretSetupError::Client(e.to_string()))?;
-        tracing::info!(secret = %output.name, namespace = %namespace, key = %output.key, "writing the token to a Secret");
-        Ok(SecretSink {
-            api: Api::namespaced(client, &namespace),
-            name: output.name.clone(),
-            namespace,
-            key: output.key.clone(),
-            timeout: output.timeout,
-        })
+    /// One sink per target, sharing the client; a target without a namespace goes to the
+    /// connection's default namespace.
+    pub fn for_each_target(kube: &Kube, output: &SecretOutput) -> Vec<SecretSink> {
+        output
+            .targets
+            .iter()
+            .map(|target| {
+                let namespace = target
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| kube.default_namespace.clone());
+                tracing::info!(secret = %target.name, namespace = %namespace, key = %output.key, "writing the token to a Secret");
+                SecretSink {
+                    api: Api::namespaced(kube.client.clone(), &namespace),
+                    output: format!("secret:{namespace}/{}", target.name),
+                    target: SecretRef {
+                        namespace,
+                        name: target.name.clone(),
+                    },
+                    key: output.key.clone(),
+                    timeout: output.timeout,
+                }
+            })
+            .collect()
     }
 
-    /// Applies the token and its expiry; creates the Secret if it does not exist.
-    pub async fn write(&self, token: &Token) -> Result<(), SecretError> {
+    /// `secret:NAMESPACE/NAME`.
+    pub fn name(&self) -> &str {
+        &self.output
+    }
+
+    pub fn target(&self) -> &SecretRef {
+        &self.target
+    }
+
+    /// Applies the token and its expiry; creates the Secret if it does not exist. With a
+    /// leadership `term`, the writer and its term are recorded in annotations.
+    pub async fn write(&self, token: &Token, term: Option<&Term>) -> Result<(), SecretError> {
         let expires_at = humantime::format_rfc3339_millis(token.expires_at()).to_string();
+        let annotations = term.map(|term| {
+            BTreeMap::from([
+                (WRITER_ANNOTATION.to_owned(), term.identity.clone()),
+                (TERM_ANNOTATION.to_owned(), term.number.to_string()),
+            ])
+        });
         let secret = Secret {
             // No labels: the Secret may belong to a Helm release, whose managed-by label must
             // stay as Helm set it.
             metadata: ObjectMeta {
-                name: Some(self.name.clone()),
-                namespace: Some(self.namespace.clone()),
+                name: Some(self.target.name.clone()),
+                namespace: Some(self.target.namespace.clone()),
+                annotations,
                 ..ObjectMeta::default()
             },
             data: Some(BTreeMap::from([
@@ -221,7 +260,7 @@ impl SecretSink {
         };
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let patch = Patch::Apply(&secret);
-        let apply = self.api.patch(&self.name, &params, &patch);
+        let apply = self.api.patch(&self.target.name, &params, &patch);
         match tokio::time::timeout(self.timeout, apply).await {
             Ok(applied) => applied.map(drop).map_err(|e| self.classify(e)),
             Err(_) => Err(SecretError::TimedOut(self.timeout)),
@@ -231,13 +270,13 @@ impl SecretSink {
     fn classify(&self, error: kube::Error) -> SecretError {
         match error {
             kube::Error::Api(status) if status.code == 403 => SecretError::Forbidden {
-                namespace: self.namespace.clone(),
-                name: self.name.clone(),
+                namespace: self.target.namespace.clone(),
+                name: self.target.name.clone(),
                 message: status.message,
             },
             kube::Error::Api(status) => SecretError::Refused {
-                namespace: self.namespace.clone(),
-                name: self.name.clone(),
+                namespace: self.target.namespace.clone(),
+                name: self.target.name.clone(),
                 code: status.code,
                 reason: status.reason,
                 message: status.message,
@@ -245,19 +284,6 @@ impl SecretSink {
             other => SecretError::Unreachable(other.to_string()),
         }
     }
-}
-
-/// The namespace to write in: the flag, else the pod's own namespace from its
-/// ServiceAccount files, else the kubeconfig context's namespace.
-pub fn infer_namespace(flag: Option<&str>, service_account_file: &Path, context: &str) -> String {
-    if let Some(namespace) = flag {
-        return namespace.to_owned();
-    }
-    std::fs::read_to_string(service_account_file)
-        .ok()
-        .map(|text| text.trim().to_owned())
-        .filter(|text| !text.is_empty())
-        .unwrap_or_else(|| context.to_owned())
 }
 
 #[cfg(test)]
@@ -282,10 +308,47 @@ mod tests {
         assert!(parse(&[]).unwrap().is_none());
         let secret = parse(&["--secret-name", "fiskil-token"]).unwrap().unwrap();
         assert_eq!(
-            (secret.name.as_str(), secret.key.as_str()),
-            ("fiskil-token", "token")
+            secret.targets,
+            [Target {
+                namespace: None,
+                name: "fiskil-token".into()
+            }]
         );
-        assert!(secret.namespace.is_none());
+        assert_eq!(secret.key, "token");
+        let fan_out = parse(&[
+            "--secret-name",
+            "t",
+            "--secret",
+            "team-a/t",
+            "--secret",
+            "team-b/t,team-c/other",
+        ])
+        .unwrap()
+        .unwrap();
+        let named: Vec<_> = fan_out
+            .targets
+            .iter()
+            .map(|t| (t.namespace.as_deref(), t.name.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (None, "t"),
+                (Some("team-a"), "t"),
+                (Some("team-b"), "t"),
+                (Some("team-c"), "other")
+            ]
+        );
+        for bad in ["team-a", "/t", "team-a/", "Team/t", "a.b/t", "a/b/c"] {
+            assert!(
+                matches!(parse(&["--secret", bad]), Err(SecretArgsError::Target(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse(&["--secret", "a/t", "--secret", "a/t"]),
+            Err(SecretArgsError::Twice(_))
+        ));
         assert!(matches!(
             parse(&["--secret-name", "Bad_Name"]),
             Err(SecretArgsError::Name(_))
@@ -300,50 +363,5 @@ mod tests {
                 Err(SecretArgsError::Key(_))
             ));
         }
-    }
-
-    #[test]
-    fn namespace_comes_from_the_flag_then_the_pod_then_the_context() {
-        let dir = std::env::temp_dir().join(format!("fiskil-ns-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("namespace");
-        assert_eq!(infer_namespace(None, &file, "from-context"), "from-context");
-        std::fs::write(&file, "pod-namespace\n").unwrap();
-        assert_eq!(
-            infer_namespace(None, &file, "from-context"),
-            "pod-namespace"
-        );
-        assert_eq!(infer_namespace(Some("flag"), &file, "from-context"), "flag");
-        std::fs::write(&file, "  \n").unwrap();
-        assert_eq!(infer_namespace(None, &file, "from-context"), "from-context");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn kubeconfig_context_namespace_is_the_fallback() {
-        let dir = std::env::temp_dir().join(format!("fiskil-kubeconfig-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(
-            r#"
-apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
-users: [{name: u, user: {token: not-a-real-token}}]
-contexts: [{name: x, context: {cluster: c, user: u, namespace: team-a}}]
-current-context: x
-"#,
-        )
-        .unwrap();
-        let config = kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            infer_namespace(None, &dir.join("absent"), &config.default_namespace),
-            "team-a"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

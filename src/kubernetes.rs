@@ -1,0 +1,139 @@
+//! The one Kubernetes client the Secret outputs, the Lease and Events share, and the pod's own
+//! name and namespace from the downward API.
+
+use std::path::Path;
+use std::time::Duration;
+
+/// Where a pod finds its own namespace.
+pub const SERVICE_ACCOUNT_NAMESPACE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// No usable Kubernetes connection.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSetupError {
+    #[error("no Kubernetes connection for {needed}: {source}; set KUBECONFIG, or run in a pod with a ServiceAccount")]
+    NoCluster {
+        needed: &'static str,
+        source: kube::config::InferConfigError,
+    },
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// A connected client and the namespace things default to.
+#[derive(Clone)]
+pub struct Kube {
+    pub client: kube::Client,
+    /// `POD_NAMESPACE`, else the pod's ServiceAccount namespace, else the kubeconfig context's.
+    pub default_namespace: String,
+}
+
+impl Kube {
+    /// Connects the usual way (KUBECONFIG or ~/.kube/config when present, else the pod's
+    /// ServiceAccount). The client does not retry on its own: callers retry with their own
+    /// backoff, and `timeout` bounds each connection, read and write. `needed` names the
+    /// option that needs the connection, for the error.
+    pub async fn connect(timeout: Duration, needed: &'static str) -> Result<Kube, KubeSetupError> {
+        let mut config = kube::Config::infer()
+            .await
+            .map_err(|source| KubeSetupError::NoCluster { needed, source })?;
+        config.default_retry = false;
+        config.connect_timeout = Some(timeout);
+        config.read_timeout = Some(timeout);
+        config.write_timeout = Some(timeout);
+        let default_namespace = pod_namespace(
+            std::env::var("POD_NAMESPACE").ok().as_deref(),
+            Path::new(SERVICE_ACCOUNT_NAMESPACE),
+        )
+        .unwrap_or_else(|| config.default_namespace.clone());
+        let client = kube::Client::try_from(config).map_err(KubeSetupError::Client)?;
+        Ok(Kube {
+            client,
+            default_namespace,
+        })
+    }
+}
+
+/// The pod's namespace: `POD_NAMESPACE` from the downward API, else the ServiceAccount's
+/// namespace file.
+pub fn pod_namespace(env: Option<&str>, service_account_file: &Path) -> Option<String> {
+    env.map(str::to_owned)
+        .or_else(|| std::fs::read_to_string(service_account_file).ok())
+        .map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty())
+}
+
+/// The pod this process runs in, from the downward API (`POD_NAME`, `POD_NAMESPACE`,
+/// `POD_UID`), when it is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub uid: Option<String>,
+}
+
+impl Pod {
+    /// The pod named by the environment, or `None` without `POD_NAME`; its namespace
+    /// defaults to `default_namespace`.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>, default_namespace: &str) -> Option<Pod> {
+        let set = |name| env(name).filter(|value| !value.is_empty());
+        Some(Pod {
+            name: set("POD_NAME")?,
+            namespace: set("POD_NAMESPACE").unwrap_or_else(|| default_namespace.to_owned()),
+            uid: set("POD_UID"),
+        })
+    }
+}
+
+/// This process's name among replicas: `POD_NAME`, else the hostname.
+pub fn identity(env: impl Fn(&str) -> Option<String>) -> String {
+    env("POD_NAME")
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_comes_from_the_environment_then_the_service_account() {
+        let dir = std::env::temp_dir().join(format!("fiskil-ns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("namespace");
+        assert_eq!(pod_namespace(None, &file), None);
+        std::fs::write(&file, "pod-namespace\n").unwrap();
+        assert_eq!(pod_namespace(None, &file).as_deref(), Some("pod-namespace"));
+        assert_eq!(pod_namespace(Some("env"), &file).as_deref(), Some("env"));
+        std::fs::write(&file, "  \n").unwrap();
+        assert_eq!(pod_namespace(None, &file), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn identity_is_the_pod_name_else_the_hostname() {
+        assert_eq!(identity(|_| Some("writer-0".into())), "writer-0");
+        let host = identity(|_| None);
+        assert!(!host.is_empty());
+        assert_eq!(identity(|_| Some(String::new())), host);
+    }
+
+    #[test]
+    fn the_pod_needs_a_name() {
+        assert_eq!(Pod::from_env(|_| None, "ns"), None);
+        let env = |name: &str| (name == "POD_NAME").then(|| "p".to_owned());
+        assert_eq!(
+            Pod::from_env(env, "ns"),
+            Some(Pod {
+                name: "p".into(),
+                namespace: "ns".into(),
+                uid: None
+            })
+        );
+    }
+}
