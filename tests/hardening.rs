@@ -575,7 +575,8 @@ fn secret_applies_are_bounded_never_retried_behind_the_outputs_back_and_follow_k
     wait_for(Duration::from_secs(20), "three failed applies", || {
         api.requests() >= 3
     });
-    let errors = "fiskil_token_refresher_output_write_total{output=\"secret:team/token\",result=\"error\"}";
+    let errors =
+        "fiskil_token_refresher_output_write_total{output=\"secret:team/token\",result=\"error\"}";
     // Each failed write is one request: kube's own retry layer would send several per write.
     wait_for(Duration::from_secs(20), "the errors counted", || {
         daemon.metric(errors) >= 3.0

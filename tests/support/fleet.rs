@@ -56,7 +56,7 @@ fn rule(group: &str, resource: &str, names: Option<&str>, verbs: &[&str]) -> Pol
 
 impl Fleet {
     /// Namespaces `NAME-PID` (home) and `NAME-PID-tI` for `targets` targets; the writer's
-    /// ServiceAccount with the Lease Role (get, update on the named Lease; create) and the
+    /// ServiceAccount with the Lease Role (get, update, watch on the named Lease; create) and the
     /// Events Role (create, patch) in home. No target is granted yet: see [`Fleet::grant`].
     pub async fn create(cluster: &Cluster, name: &str, work: &Path, targets: usize) -> Fleet {
         let home = format!("{name}-{}", std::process::id());
@@ -102,7 +102,7 @@ impl Fleet {
                         "coordination.k8s.io",
                         "leases",
                         Some(&lease),
-                        &["get", "update"],
+                        &["get", "update", "watch"],
                     ),
                     rule("coordination.k8s.io", "leases", None, &["create"]),
                 ],
@@ -382,16 +382,33 @@ impl Observed {
     }
 }
 
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding, as Secret data is encoded.
+pub fn base64_encode(text: &str) -> String {
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let mut n = 0u32;
+        for (i, b) in chunk.iter().enumerate() {
+            n |= u32::from(*b) << (16 - 8 * i);
+        }
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn base64_decode(text: &str) -> Vec<u8> {
     let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        }
+        BASE64
+            .iter()
+            .position(|b| *b == c)
+            .unwrap_or_else(|| panic!("not base64: {c}")) as u32
     };
     let mut out = Vec::new();
     for chunk in text.trim_end_matches('=').as_bytes().chunks(4) {
@@ -540,11 +557,22 @@ impl Watch {
     }
 }
 
-/// The Lease's history from its watch: the holder of each term (spec.leaseTransitions).
-/// Fails the test if a term had two holders or the transitions count went backwards.
-pub fn lease_terms(lease: &[Observed]) -> BTreeMap<u64, String> {
-    let mut terms = BTreeMap::new();
+/// One holder's tenure of the Lease, as resourceVersions of the Lease: from the version that
+/// made it holder to the first later version naming another holder or none (`None` while it
+/// still holds it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Term {
+    pub holder: String,
+    pub from: u64,
+    pub until: Option<u64>,
+}
+
+/// The Lease's history from its watch: each term (spec.leaseTransitions) and its holder's
+/// tenure. Fails the test if a term had two holders or the transitions count went backwards.
+pub fn lease_terms(lease: &[Observed]) -> BTreeMap<u64, Term> {
+    let mut terms: BTreeMap<u64, Term> = BTreeMap::new();
     let mut last = 0;
+    let mut current: Option<u64> = None;
     for version in lease {
         let transitions = version.transitions();
         assert!(
@@ -552,12 +580,29 @@ pub fn lease_terms(lease: &[Observed]) -> BTreeMap<u64, String> {
             "leaseTransitions went back from {last} to {transitions}"
         );
         last = transitions;
-        if let Some(holder) = version.holder() {
-            let previous = terms.entry(transitions).or_insert_with(|| holder.clone());
-            assert_eq!(
-                *previous, holder,
-                "Lease term {transitions} had two holders: {previous} and {holder}"
+        let rv = version.resource_version();
+        let holder = version.holder();
+        if let Some(open) = current {
+            if holder.as_deref() != Some(terms[&open].holder.as_str()) || transitions != open {
+                terms.get_mut(&open).unwrap().until = Some(rv);
+                current = None;
+            }
+        }
+        if let (Some(holder), None) = (holder, current) {
+            assert!(
+                !terms.contains_key(&transitions),
+                "Lease term {transitions} had two tenures: {:?} and {holder} from {rv}",
+                terms[&transitions]
             );
+            terms.insert(
+                transitions,
+                Term {
+                    holder,
+                    from: rv,
+                    until: None,
+                },
+            );
+            current = Some(transitions);
         }
     }
     terms
@@ -566,13 +611,13 @@ pub fn lease_terms(lease: &[Observed]) -> BTreeMap<u64, String> {
 /// Checks every version of one target Secret, in the watch's order: each holds a token the
 /// stand-in issued, unexpired when it arrived and still unexpired when the next version
 /// arrived (and, for the last one, at `end`); with leader election, each version names its
-/// writer and term, terms never go back, and each term's writer is that term's Lease holder.
-/// Returns the number of versions.
+/// writer and term, terms never go back, each term's writer is that term's Lease holder, and
+/// it wrote while it held the Lease. Returns the number of versions.
 pub fn check_secret_versions(
     target: &str,
     versions: &[Observed],
     issued: &[String],
-    terms: Option<&BTreeMap<u64, String>>,
+    terms: Option<&BTreeMap<u64, Term>>,
     end: SystemTime,
 ) -> usize {
     let mut last_term = 0;
@@ -606,11 +651,20 @@ pub fn check_secret_versions(
                 "{target}: term went back from {last_term} to {term}"
             );
             last_term = term;
+            let tenure = terms.get(&term).unwrap_or_else(|| {
+                panic!("{target}: version {i} written by {writer} in term {term}, which the Lease never had")
+            });
             assert_eq!(
-                terms.get(&term),
-                Some(&writer),
-                "{target}: version {i} written by {writer} in term {term}, whose Lease holder was {:?}",
-                terms.get(&term)
+                tenure.holder, writer,
+                "{target}: version {i} written by {writer} in term {term}, whose Lease holder was {}",
+                tenure.holder
+            );
+            // One etcd orders every write: a resourceVersion is its global revision, so the
+            // Secret version falls inside the Lease versions that bound its writer's tenure.
+            let rv = version.resource_version();
+            assert!(
+                rv > tenure.from && tenure.until.is_none_or(|until| rv < until),
+                "{target}: version {i} (resourceVersion {rv}) written by {writer} outside its tenure of term {term}: {tenure:?}"
             );
         }
     }
