@@ -828,6 +828,7 @@ fn the_history_checks_catch_two_writers_a_stale_term_and_an_expired_secret() {
     // The checks' own panic messages are expected here; keep them out of the output.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
+    let mut caught = Vec::new();
     let fails = |versions: Vec<Observed>, history: Option<&[Observed]>| {
         let history = history.unwrap_or(&lease);
         std::panic::catch_unwind(|| {
@@ -835,30 +836,48 @@ fn the_history_checks_catch_two_writers_a_stale_term_and_an_expired_secret() {
         })
         .is_err()
     };
-    // Another writer in a's term, a term going back, a stale leader writing after its tenure
-    // ended (a released Lease, then a new holder), an expired token, a token never issued.
-    assert!(fails(vec![secret_version(11, "t1", 60, "b", 0)], None));
-    assert!(fails(
-        vec![
-            secret_version(21, "t2", 60, "b", 1),
-            secret_version(25, "t1", 60, "a", 0)
-        ],
-        None
+    caught.push((
+        "another writer in the term",
+        fails(vec![secret_version(11, "t1", 60, "b", 0)], None),
     ));
-    assert!(fails(vec![secret_version(23, "t2", 60, "b", 1)], None));
-    assert!(fails(vec![secret_version(31, "t1", 60, "a", 0)], None));
-    assert!(fails(vec![secret_version(11, "t1", -1, "a", 0)], None));
-    assert!(fails(vec![secret_version(11, "forged", 60, "a", 0)], None));
-    // Two holders in one term, transitions going back.
+    caught.push((
+        "a term going back",
+        fails(
+            vec![
+                secret_version(21, "t2", 60, "b", 1),
+                secret_version(25, "t1", 60, "a", 0),
+            ],
+            None,
+        ),
+    ));
+    caught.push((
+        "a write after the Lease was released",
+        fails(vec![secret_version(23, "t2", 60, "b", 1)], None),
+    ));
+    caught.push((
+        "a write after the next term began",
+        fails(vec![secret_version(31, "t1", 60, "a", 0)], None),
+    ));
+    caught.push((
+        "an expired token",
+        fails(vec![secret_version(11, "t1", -1, "a", 0)], None),
+    ));
+    caught.push((
+        "a token never issued",
+        fails(vec![secret_version(11, "forged", 60, "a", 0)], None),
+    ));
     let split = [
         lease_version(10, Some("a"), 0),
         lease_version(11, Some("b"), 0),
     ];
-    assert!(fails(good.clone(), Some(&split)));
+    caught.push(("two holders in one term", fails(good.clone(), Some(&split))));
     let back = [
         lease_version(10, Some("a"), 1),
         lease_version(11, Some("b"), 0),
     ];
-    assert!(fails(good, Some(&back)));
+    caught.push(("transitions going back", fails(good, Some(&back))));
     std::panic::set_hook(hook);
+    for (what, failed) in caught {
+        assert!(failed, "the checks missed {what}");
+    }
 }
