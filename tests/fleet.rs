@@ -1,8 +1,10 @@
 //! The Secret writer for fleets against a real kube-apiserver and etcd with RBAC on: leader
-//! election among writer processes, one token fanned out to several namespaces, and Kubernetes
-//! Events. Writers run as a ServiceAccount holding only the documented Roles. What the tests
-//! assert about order comes from watch streams, which the API server orders by resourceVersion.
-//! Start the control plane first: `tests/cluster/up.sh DIR`, then
+//! election among writer processes (a steady minute, killed, stopped and paused leaders), one
+//! token fanned out to several namespaces, and Kubernetes Events. Writers run as a
+//! ServiceAccount holding only the Roles the binary asks for: create and patch on each target
+//! Secret; get, update and watch on the named Lease and create on Leases; create and patch on
+//! Events. What the tests assert about order comes from watch streams, which the API server
+//! orders by resourceVersion. Start the control plane first: `tests/cluster/up.sh DIR`, then
 //! `FISKIL_CLUSTER_DIR=DIR cargo test --test fleet -- --ignored --nocapture`.
 //!
 //! `FISKIL_FLEET_KILLS` (default 20) leaders are killed in the handover test, with a Lease of
@@ -22,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{ListParams, PostParams};
 use kube::Api;
 use support::cluster::{eventually, Cluster, SECRET};
-use support::fleet::{check_secret_versions, lease_terms, Fleet, Observed, Sampler, Writer};
+use support::fleet::{check_secret_versions, lease_terms, Fleet, Observed, Sampler, Watch, Writer};
 use support::{wait_for, Daemon, Fixture};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -68,6 +70,25 @@ fn wait_following(writer: &mut Writer, leader: &str) {
             ready["role"] == "follower" && ready["leader"] == leader
         },
     );
+}
+
+/// Waits until the current Lease holder has written its term into every target and every other
+/// writer follows it; returns the holder.
+fn settle(lease: &Watch, secrets: &[Watch], writers: &mut [Writer]) -> String {
+    let current = lease.events().last().cloned().expect("a Lease version");
+    let (holder, term) = (current.holder().expect("a holder"), current.transitions());
+    for (i, watch) in secrets.iter().enumerate() {
+        watch.wait(
+            Duration::from_secs(20),
+            0,
+            &format!("target {i} written by {holder} in term {term}"),
+            |e| e.writer_term() == Some((holder.clone(), term)),
+        );
+    }
+    for writer in writers.iter_mut().filter(|w| w.identity != holder) {
+        wait_following(writer, &holder);
+    }
+    holder
 }
 
 #[tokio::test]
@@ -189,15 +210,16 @@ async fn only_the_leader_exchanges_over_a_steady_minute() {
 #[ignore = "needs a cluster: tests/cluster/up.sh DIR, then FISKIL_CLUSTER_DIR=DIR"]
 async fn killed_and_stopped_leaders_hand_over_without_two_writers_or_an_expired_secret() {
     let cluster = Cluster::connect().await;
-    // 30 s tokens refreshed at half their lifetime: a Secret keeps 15 s of validity, more than
-    // any takeover takes.
-    let fixture = Fixture::new("fleet-kill", 30);
+    // Tokens of at least 30 s and four lease durations, refreshed at half their lifetime: a
+    // Secret keeps more validity than any takeover takes.
+    let (duration, retry) = lease_timing();
+    let lifetime = (duration.as_secs() as i64 * 4).max(30);
+    let fixture = Fixture::new("fleet-kill", lifetime);
     let fleet = Fleet::create(&cluster, "fleet-kill", fixture.dir.path(), 3).await;
     for i in 0..3 {
         fleet.grant(i).await;
     }
     let (secrets, lease) = fleet.watch(&cluster).await;
-    let (duration, retry) = lease_timing();
     let duration_flag = format!("{}s", duration.as_secs());
     let extra = [
         "--leader-elect",
@@ -218,24 +240,6 @@ async fn killed_and_stopped_leaders_hand_over_without_two_writers_or_an_expired_
     });
     let sampler = Sampler::start(&cluster, &fleet.targets, Duration::from_millis(200));
 
-    // The current holder has written its term into every target and the others follow it.
-    let settle = |writers: &mut Vec<Writer>| -> String {
-        let current = lease.events().last().cloned().unwrap();
-        let (holder, term) = (current.holder().expect("a holder"), current.transitions());
-        for (i, watch) in secrets.iter().enumerate() {
-            watch.wait(
-                Duration::from_secs(20),
-                0,
-                &format!("target {i} written by {holder} in term {term}"),
-                |e| e.writer_term() == Some((holder.clone(), term)),
-            );
-        }
-        for writer in writers.iter_mut().filter(|w| w.identity != holder) {
-            wait_following(writer, &holder);
-        }
-        holder
-    };
-
     let kills = env_u64("FISKIL_FLEET_KILLS", 20);
     // A follower judges expiry a lease duration after it saw the last renewal, which came
     // before the kill, and tries every retry period (up to 1.2 of it, jittered); 1 s for a busy
@@ -243,7 +247,7 @@ async fn killed_and_stopped_leaders_hand_over_without_two_writers_or_an_expired_
     let bound = duration + retry * 2 + Duration::from_secs(1);
     let mut takeovers = Vec::new();
     for _ in 0..kills {
-        let holder = settle(&mut writers);
+        let holder = settle(&lease, &secrets, &mut writers);
         // Kill at a random point of the renew cycle.
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..1000))).await;
         let at = writers.iter().position(|w| w.identity == holder).unwrap();
@@ -260,7 +264,7 @@ async fn killed_and_stopped_leaders_hand_over_without_two_writers_or_an_expired_
 
     let mut handovers = Vec::new();
     for _ in 0..3 {
-        let holder = settle(&mut writers);
+        let holder = settle(&lease, &secrets, &mut writers);
         let at = writers.iter().position(|w| w.identity == holder).unwrap();
         let seen = lease.len();
         let stopped = Instant::now();
@@ -279,7 +283,7 @@ async fn killed_and_stopped_leaders_hand_over_without_two_writers_or_an_expired_
         retired.push(old);
         writers.push(spawn(&fleet));
     }
-    settle(&mut writers);
+    settle(&lease, &secrets, &mut writers);
 
     let end = SystemTime::now();
     let terms = lease_terms(&lease.events());
@@ -708,27 +712,11 @@ async fn a_paused_leader_resumed_after_a_takeover_writes_nothing_in_its_old_term
     let mut writers: Vec<Writer> = (0..2)
         .map(|i| fleet.spawn(&fixture, &format!("pause-{i}"), &extra))
         .collect();
-    let settle = |writers: &mut Vec<Writer>| -> String {
-        let current = lease.events().last().cloned().unwrap();
-        let (holder, term) = (current.holder().expect("a holder"), current.transitions());
-        for (i, watch) in secrets.iter().enumerate() {
-            watch.wait(
-                Duration::from_secs(20),
-                0,
-                &format!("target {i} written by {holder} in term {term}"),
-                |e| e.writer_term() == Some((holder.clone(), term)),
-            );
-        }
-        for writer in writers.iter_mut().filter(|w| w.identity != holder) {
-            wait_following(writer, &holder);
-        }
-        holder
-    };
     lease.wait(Duration::from_secs(30), 0, "a Lease holder", |e| {
         e.holder().is_some()
     });
     for round in 0..3 {
-        let holder = settle(&mut writers);
+        let holder = settle(&lease, &secrets, &mut writers);
         let at = writers.iter().position(|w| w.identity == holder).unwrap();
         let mut paused = writers.remove(at);
         let before = paused.requests();
@@ -737,7 +725,7 @@ async fn a_paused_leader_resumed_after_a_takeover_writes_nothing_in_its_old_term
         lease.wait(Duration::from_secs(30), seen, "a new Lease holder", |e| {
             e.holder().is_some_and(|h| h != holder)
         });
-        let successor = settle(&mut writers);
+        let successor = settle(&lease, &secrets, &mut writers);
         // Resumed with a refresh pending (SIGHUP, queued while stopped): it must find its
         // Lease gone before it writes anything.
         paused.daemon.signal("HUP");
