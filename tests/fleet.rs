@@ -869,3 +869,117 @@ fn the_history_checks_catch_two_writers_a_stale_term_and_an_expired_secret() {
         assert!(failed, "the checks missed {what}");
     }
 }
+
+#[tokio::test]
+#[ignore = "needs a cluster: tests/cluster/up.sh DIR, then FISKIL_CLUSTER_DIR=DIR"]
+async fn the_writer_identity_can_touch_no_other_lease_secret_or_namespace() {
+    let cluster = Cluster::connect().await;
+    let work = support::TempDir::new("fleet-rbac");
+    let fleet = Fleet::create(&cluster, "fleet-rbac", work.path(), 2).await;
+    fleet.grant(0).await;
+    let admin_leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), &fleet.home);
+    let other_lease = Lease {
+        metadata: ObjectMeta {
+            name: Some("someone-elses".into()),
+            ..ObjectMeta::default()
+        },
+        ..Lease::default()
+    };
+    admin_leases
+        .create(&PostParams::default(), &other_lease)
+        .await
+        .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&fleet.kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let code = |result: Result<(), kube::Error>| match result {
+        Err(kube::Error::Api(status)) => status.code,
+        Ok(()) => 200,
+        Err(other) => panic!("unexpected error {other}"),
+    };
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &fleet.home);
+    let mine = Lease {
+        metadata: ObjectMeta {
+            name: Some(fleet.lease.clone()),
+            ..ObjectMeta::default()
+        },
+        ..Lease::default()
+    };
+    assert_eq!(
+        code(leases.create(&PostParams::default(), &mine).await.map(drop)),
+        200,
+        "create its Lease"
+    );
+    assert_eq!(code(leases.get(&fleet.lease).await.map(drop)), 200);
+    let current = leases.get(&fleet.lease).await.unwrap();
+    assert_eq!(
+        code(
+            leases
+                .replace(&fleet.lease, &PostParams::default(), &current)
+                .await
+                .map(drop)
+        ),
+        200,
+        "update its Lease"
+    );
+    assert_eq!(code(leases.get("someone-elses").await.map(drop)), 403);
+    let mut theirs = admin_leases.get("someone-elses").await.unwrap();
+    theirs.metadata.managed_fields = None;
+    assert_eq!(
+        code(
+            leases
+                .replace("someone-elses", &PostParams::default(), &theirs)
+                .await
+                .map(drop)
+        ),
+        403
+    );
+    assert_eq!(
+        code(
+            leases
+                .delete(&fleet.lease, &Default::default())
+                .await
+                .map(drop)
+        ),
+        403
+    );
+    assert_eq!(
+        code(leases.list(&ListParams::default()).await.map(drop)),
+        403
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &fleet.home);
+    assert_eq!(
+        code(secrets.list(&ListParams::default()).await.map(drop)),
+        403
+    );
+    let ungranted: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &fleet.targets[1]);
+    let apply = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET}, "data": {"token": "eA=="}});
+    let params = kube::api::PatchParams::apply("fiskil-token-refresher").force();
+    assert_eq!(
+        code(
+            ungranted
+                .patch(SECRET, &params, &kube::api::Patch::Apply(&apply))
+                .await
+                .map(drop)
+        ),
+        403,
+        "a target namespace without its Role"
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), &fleet.targets[0]);
+    assert_eq!(
+        code(events.list(&ListParams::default()).await.map(drop)),
+        403
+    );
+    let own_events: Api<Event> = Api::namespaced(client, &fleet.home);
+    assert_eq!(
+        code(own_events.list(&ListParams::default()).await.map(drop)),
+        403,
+        "Events are created and patched, never read"
+    );
+}
