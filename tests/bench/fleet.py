@@ -9,7 +9,8 @@ Measures, with the release daemon and the loopback HTTPS stand-in:
   independent writers (one per namespace, as N sidecars each exchange for themselves), both
   measured over --rate-seconds with --rate-lifetime tokens and scaled to 900 s tokens
   (exchanges scale with 1/lifetime), next to the schedule's own arithmetic;
-- resident memory (VmRSS, and the peak VmHWM) of one writer with N targets after that run.
+- resident memory (VmRSS, and the peak VmHWM) of one writer with N targets after that run, and
+  of the followers standing by during the takeover runs.
 Prints a Markdown table.
 
 Usage: tests/bench/fleet.py --cluster-dir DIR [--runs 10] [--lease-seconds 15] [--targets 10]
@@ -213,6 +214,7 @@ def handovers(args, api, stand_in, home, target, sig, runs):
         writers[name] = spawn(args.daemon, stand_in, api, name, home, extra)
     retry = args.lease_seconds * 2 / 15
     times = []
+    standby = []
     try:
         for _ in range(runs):
             # Settled: the holder renewed twice since it took over, and every writer is up.
@@ -224,6 +226,7 @@ def handovers(args, api, stand_in, home, target, sig, runs):
                 mine = [e for e in events if e[1] == holder]
                 return holder if len(mine) >= 3 else None
             holder = wait_for(settled, args.lease_seconds * 4 + 30, "a settled leader")
+            standby += [proc_status(p.pid, "VmRSS") for name, p in writers.items() if name != holder]
             time.sleep(random.uniform(0, retry) + 2 * retry)
             seen = len(watch.snapshot())
             sent = time.monotonic()
@@ -238,7 +241,7 @@ def handovers(args, api, stand_in, home, target, sig, runs):
     finally:
         for proc in writers.values():
             stop(proc)
-    return times
+    return times, standby
 
 
 def exchanges_per_hour(args, api, stand_in, home, targets):
@@ -291,11 +294,11 @@ def main():
         targets.append(f"{prefix}-t{i}/{SECRET}")
     rows = []
     try:
-        kills = handovers(args, api, stand_in, home, targets[0], signal.SIGKILL, args.runs)
-        terms = handovers(args, api, stand_in, home, targets[0], signal.SIGTERM, args.runs)
+        kills, standby = handovers(args, api, stand_in, home, targets[0], signal.SIGKILL, args.runs)
+        terms, _ = handovers(args, api, stand_in, home, targets[0], signal.SIGTERM, args.runs)
         for label, times in (("takeover after SIGKILL of the leader", kills),
                              ("handover after SIGTERM of the leader", terms)):
-            rows.append((f"{label} (lease {args.lease_seconds} s, {len(times)} runs, kill to Lease watch)",
+            rows.append((f"{label} (lease {args.lease_seconds} s, {len(times)} runs, signal to Lease watch)",
                          "median %.2f s, min %.2f s, max %.2f s" % (statistics.median(times), min(times),
                                                                     max(times))))
         counts, rss, hwm = exchanges_per_hour(args, api, stand_in, home, targets)
@@ -312,6 +315,9 @@ def main():
         rows.append((f"resident memory of one writer with {n} targets, --leader-elect --events, "
                      f"after {args.rate_seconds} s of {args.rate_lifetime} s tokens",
                      "VmRSS %.1f MiB, VmHWM %.1f MiB" % (rss / 1024, hwm / 1024)))
+        rows.append(("resident memory of a follower (standby), one target",
+                     "VmRSS median %.1f MiB, max %.1f MiB" % (statistics.median(standby) / 1024,
+                                                              max(standby) / 1024)))
     finally:
         stand_in.stop()
     print("| measure | result |")
