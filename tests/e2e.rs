@@ -330,6 +330,9 @@ fn the_standalone_writer_keeps_the_secret_that_consumer_pods_mount() {
     let mut flags = chart_flags(&node, &stand_in);
     flags.extend([
         "--set=tokenSecret.name=fiskil-token".into(),
+        // On the host network a second replica on this one node would need the same port; one
+        // replica still elects itself through the Lease.
+        "--set=standalone.replicas=1".into(),
         format!("--set=port={port}"),
         "--set=extraEnv[0].name=KUBERNETES_SERVICE_HOST".into(),
         "--set=extraEnv[0].value=127.0.0.1".into(),
@@ -361,6 +364,15 @@ fn the_standalone_writer_keeps_the_secret_that_consumer_pods_mount() {
     eventually(Duration::from_secs(60), "the token Secret", || {
         secret_token().is_some_and(|t| stand_in.issued().contains(&t))
     });
+    // The pod took the Lease under its own name (POD_NAME from the downward API).
+    let written_by = ns.kubectl(&[
+        "get",
+        "secret",
+        "fiskil-token",
+        "-o",
+        r#"go-template={{index .metadata.annotations "fiskil-token-refresher/writer"}}"#,
+    ]);
+    assert_eq!(written_by.trim(), name(&writer));
 
     ns.apply(&consumer_pod("fiskil-token"));
     ns.wait_pod("app=consumer", POD_START, "the consumer pod", |p| {

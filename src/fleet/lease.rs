@@ -184,17 +184,21 @@ impl Leadership {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Leave to write now, or `None` while following.
+    /// Leave to write now, or `None` while following or once the Lease could have expired
+    /// for others (a leader that was paused, say, before it noticed).
     pub fn permit(&self) -> Option<Permit> {
         match self.role() {
             Role::Single => Some(Permit {
                 deadline: None,
                 term: None,
             }),
-            Role::Leader(term) => Some(Permit {
-                deadline: self.seen().renewed_at.map(|at| at + self.lease_duration),
-                term: Some(term),
-            }),
+            Role::Leader(term) => {
+                let deadline = self.seen().renewed_at? + self.lease_duration;
+                (Instant::now() < deadline).then_some(Permit {
+                    deadline: Some(deadline),
+                    term: Some(term),
+                })
+            }
             Role::Follower => None,
         }
     }
@@ -251,6 +255,19 @@ impl Observed {
     }
 }
 
+/// How long the holder's Lease lasts without renewal.
+fn held_for(lease: &Lease) -> Duration {
+    let seconds = lease
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.lease_duration_seconds)
+        .unwrap_or(0);
+    Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
+/// How long after a Lease expires a follower tries to take it.
+const EXPIRY_SLACK: Duration = Duration::from_millis(10);
+
 /// What one attempt found.
 enum Attempt {
     Lead(Term, Lease),
@@ -289,7 +306,10 @@ impl Elector {
                 break;
             }
             let started = Instant::now();
-            let deadline = started + self.election.renew_deadline;
+            // A leader must have renewed by its renew deadline; an attempt that cannot beat it
+            // is abandoned, and the leader steps down.
+            let renewed_at = self.leadership.seen().renewed_at.filter(|_| leading);
+            let deadline = renewed_at.unwrap_or(started) + self.election.renew_deadline;
             let attempt = tokio::time::timeout_at(
                 deadline,
                 self.attempt(last.clone(), leading, &mut observed),
@@ -314,10 +334,22 @@ impl Elector {
             let wait = if self.leadership.role().leads() {
                 self.election.retry_period
             } else {
-                // Followers spread their attempts, as client-go's jitter does.
-                self.election
+                // Followers spread their attempts, as client-go's jitter does, and try again
+                // as soon as the holder's Lease expires, so a killed leader is replaced
+                // within the lease duration.
+                let jittered = self
+                    .election
                     .retry_period
-                    .mul_f64(1.0 + rand::random::<f64>() * 0.2)
+                    .mul_f64(1.0 + rand::random::<f64>() * 0.2);
+                let expires_in = last
+                    .as_ref()
+                    .map(|lease| {
+                        (observed.changed_at + held_for(lease))
+                            .saturating_duration_since(Instant::now())
+                            + EXPIRY_SLACK
+                    })
+                    .unwrap_or(jittered);
+                jittered.min(expires_in)
             };
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -375,13 +407,11 @@ impl Elector {
         observed.saw(&lease);
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let held_for = Duration::from_secs(
-            u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
-        );
+        let lasts = held_for(&lease);
         let ours = holder.as_deref() == Some(self.identity.as_str());
         // Expiry is judged by when this process saw the Lease change, not by the holder's
         // clock, as client-go does.
-        if !ours && holder.is_some() && observed.changed_at.elapsed() < held_for {
+        if !ours && holder.is_some() && observed.changed_at.elapsed() < lasts {
             return Ok(Attempt::Follow(holder, lease));
         }
         let transitions = spec.lease_transitions.unwrap_or(0);
@@ -438,7 +468,7 @@ impl Elector {
             let mut seen = self.leadership.seen();
             seen.contact_at = Some(Instant::now());
             if seen.holder != holder {
-                tracing::info!(holder = ?holder, lease = %lease_ref, "following");
+                tracing::info!(holder = holder.as_deref().unwrap_or(""), lease = %lease_ref, "following");
             }
             seen.holder.clone_from(&holder);
         }
@@ -450,7 +480,12 @@ impl Elector {
     fn failed(&self, error: &LeaseError, lease_ref: &str) {
         let role = self.leadership.role();
         if !role.leads() {
-            tracing::warn!(error = %error, lease = %lease_ref, "cannot read or take the Lease; retrying");
+            // Another replica writing the Lease first is the normal race between followers.
+            if matches!(error, LeaseError::Conflict) {
+                tracing::debug!(lease = %lease_ref, "another replica took the Lease first");
+            } else {
+                tracing::warn!(error = %error, lease = %lease_ref, "cannot read or take the Lease; retrying");
+            }
             return;
         }
         let renewed_at = self.leadership.seen().renewed_at;
@@ -614,6 +649,11 @@ mod tests {
         let permit = leadership.permit().unwrap();
         assert_eq!(permit.deadline, Some(sent + Duration::from_secs(15)));
         assert_eq!(permit.term, Some(term));
+        leadership.seen().renewed_at = Some(sent - Duration::from_secs(15));
+        assert!(
+            leadership.permit().is_none(),
+            "a Lease that could have expired gives no leave, whatever the role says"
+        );
     }
 
     #[test]

@@ -55,6 +55,10 @@ impl Output {
             }
         };
         match permit.deadline {
+            // Checked before the request starts: a request once sent may still arrive.
+            Some(deadline) if tokio::time::Instant::now() >= deadline => {
+                Err(OutputError::LeaseRanOut)
+            }
             Some(deadline) => tokio::time::timeout_at(deadline, write)
                 .await
                 .unwrap_or(Err(OutputError::LeaseRanOut)),

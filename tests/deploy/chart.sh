@@ -108,10 +108,26 @@ notes_name_the_secret() {
         --show-only templates/zz-notes-under-test.yaml -f "${DEPLOY_TESTS_DIR}/values/custom-namespace.yaml" |
         "${PYTHON}" -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["notes"])' >"${out}/notes.txt"
     cat "${out}/notes.txt"
-    grep -qF 'Secret "fiskil-api-token" in namespace "shared-tokens", key "bearer"' "${out}/notes.txt" &&
+    grep -qF 'key "bearer"' "${out}/notes.txt" &&
+        grep -qF 'Secret "fiskil-api-token" in namespace "shared-tokens"' "${out}/notes.txt" &&
+        grep -qF 'get lease fiskil-token-refresher ' "${out}/notes.txt" &&
         grep -qF "create secret generic ${RELEASE}-credentials" "${out}/notes.txt"
 }
-check "NOTES.txt names the token Secret, its namespace and key" notes_name_the_secret
+check "NOTES.txt names the token Secret, its namespace and key, and the Lease" notes_name_the_secret
+
+# unhealthyPodEvictionPolicy only where the API server knows it (1.27 and later).
+eviction_policy_follows_the_cluster() {
+    local v
+    for v in 1.26.5 1.27.0 1.37.2; do
+        "${HELM}" template "${RELEASE}" "${CHART_DIR}" --namespace "${NAMESPACE}" --kube-version "${v}" \
+            --show-only templates/poddisruptionbudget.yaml >"${out}/pdb-${v}.yaml" || return 1
+        echo "${v}: $(grep -c 'unhealthyPodEvictionPolicy: AlwaysAllow' "${out}/pdb-${v}.yaml")"
+    done
+    ! grep -q unhealthyPodEvictionPolicy "${out}/pdb-1.26.5.yaml" &&
+        grep -q 'unhealthyPodEvictionPolicy: AlwaysAllow' "${out}/pdb-1.27.0.yaml" &&
+        grep -q 'unhealthyPodEvictionPolicy: AlwaysAllow' "${out}/pdb-1.37.2.yaml"
+}
+check "PodDisruptionBudget: unhealthyPodEvictionPolicy from Kubernetes 1.27 on, not before" eviction_policy_follows_the_cluster
 
 # The README's values table names every value, and only values that exist.
 readme_documents_values() {
@@ -202,8 +218,60 @@ check "checker catches a sidecar without startupProbe" mutant_caught example \
     'refresher(next(d for d in deployments() if d["metadata"]["name"].endswith("-example"))).pop("startupProbe")'
 check "checker catches a token volume on disk instead of in memory" mutant_caught example \
     'next(d for d in deployments() if d["metadata"]["name"].endswith("-example"))["spec"]["template"]["spec"]["volumes"][-1]["emptyDir"].pop("medium")'
-check "checker catches strategy RollingUpdate" mutant_caught standalone-default \
+check "checker catches strategy RollingUpdate without leader election" mutant_caught single-writer \
     'deployments()[0]["spec"]["strategy"]["type"] = "RollingUpdate"'
+check "checker catches strategy Recreate with leader election" mutant_caught standalone-default \
+    'deployments()[0]["spec"]["strategy"] = {"type": "Recreate"}'
+check "checker catches 1 replica where standalone.replicas is 2" mutant_caught standalone-default \
+    'deployments()[0]["spec"]["replicas"] = 1'
+check "checker catches a missing --leader-elect" mutant_caught standalone-default \
+    'a = refresher(deployments()[0])["args"]; a.remove("--leader-elect")'
+check "checker catches --leader-elect without leader election" mutant_caught single-writer \
+    'refresher(deployments()[0])["args"].append("--leader-elect")'
+check "checker catches a --lease-duration that is not the value" mutant_caught fleet \
+    'a = refresher(deployments()[0])["args"]; a[:] = ["--lease-duration=15s" if x.startswith("--lease-duration=") else x for x in a]'
+check "checker catches a missing POD_NAME" mutant_caught standalone-default \
+    'c = refresher(deployments()[0]); c["env"] = [e for e in c["env"] if e["name"] != "POD_NAME"]'
+check "checker catches a missing PodDisruptionBudget" mutant_caught standalone-default \
+    'docs[:] = [d for d in docs if d["kind"] != "PodDisruptionBudget"]'
+check "checker catches a PodDisruptionBudget with minAvailable 2" mutant_caught fleet \
+    'next(d for d in docs if d["kind"] == "PodDisruptionBudget")["spec"]["minAvailable"] = 2'
+check "checker catches a PodDisruptionBudget without unhealthyPodEvictionPolicy" mutant_caught standalone-default \
+    'next(d for d in docs if d["kind"] == "PodDisruptionBudget")["spec"].pop("unhealthyPodEvictionPolicy")'
+check "checker catches a PodDisruptionBudget for one replica" mutant_caught one-replica-leader \
+    'docs.append({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "fiskil-token-refresher", "namespace": "fiskil", "labels": docs[0]["metadata"]["labels"]}, "spec": {"minAvailable": 1}})'
+check "checker catches hard spreading (DoNotSchedule)" mutant_caught standalone-default \
+    'pod = deployments()[0]["spec"]["template"]["spec"]; pod["topologySpreadConstraints"][0]["whenUnsatisfiable"] = "DoNotSchedule"'
+check "checker catches a Lease Role whose get/update is not limited by name" mutant_caught standalone-default \
+    'r = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-lease")); r["rules"][0].pop("resourceNames")'
+check "checker catches a Lease Role with delete" mutant_caught fleet \
+    'r = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-lease")); r["rules"][1]["verbs"].append("delete")'
+check "checker catches a Lease Role with a wildcard verb" mutant_caught standalone-default \
+    'r = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-lease")); r["rules"][0]["verbs"] = ["*"]'
+check "checker catches a missing Lease RoleBinding" mutant_caught standalone-default \
+    'docs[:] = [d for d in docs if not (d["kind"] == "RoleBinding" and d["metadata"]["name"].endswith("-lease"))]'
+check "checker catches a target namespace without its Role" mutant_caught fleet \
+    'docs[:] = [d for d in docs if not (d["kind"] == "Role" and d["metadata"]["namespace"] == "team-b")]'
+check "checker catches a target Role that names another target's Secret" mutant_caught fleet \
+    'next(d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == "team-b")["rules"][0]["resourceNames"] = ["fiskil-token"]'
+check "checker catches a target RoleBinding whose subject is in the target namespace" mutant_caught fleet \
+    'next(d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["namespace"] == "team-c")["subjects"][0]["namespace"] = "team-c"'
+check "checker catches a missing --secret target" mutant_caught fleet \
+    'a = refresher(deployments()[0])["args"]; a.remove("--secret=team-b/b-token")'
+check "checker catches --secret-name next to the fan-out" mutant_caught fleet \
+    'refresher(deployments()[0])["args"].append("--secret-name=fiskil-token")'
+check "checker catches a Secret Role in the release namespace under fan-out" mutant_caught fleet \
+    'r = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == "team-c"); docs.append(dict(r, metadata=dict(r["metadata"], namespace="fiskil")))'
+check "checker catches a missing --events" mutant_caught fleet \
+    'a = refresher(deployments()[0])["args"]; a.remove("--events")'
+check "checker catches an Events Role on core events" mutant_caught fleet \
+    'next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-events"))["rules"][0]["apiGroups"] = [""]'
+check "checker catches an Events Role with get" mutant_caught fleet \
+    'next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-events"))["rules"][0]["verbs"].append("get")'
+check "checker catches an example sidecar not bound to the Events Role" mutant_caught example-events \
+    'docs[:] = [d for d in docs if d["kind"] != "RoleBinding"]'
+check "checker catches an example sidecar publishing Events without a ServiceAccount token" mutant_caught example-events \
+    'next(d for d in deployments() if d["metadata"]["name"].endswith("-example"))["spec"]["template"]["spec"]["automountServiceAccountToken"] = False'
 check "checker catches a dashboard ConfigMap without the sidecar label" mutant_caught monitoring \
     'next(d for d in docs if d["kind"] == "ConfigMap")["metadata"]["labels"].pop("grafana_dashboard")'
 check "checker catches missing leader alerts when leaderElection.enabled" mutant_caught monitoring \
@@ -223,14 +291,28 @@ for dir in sidecar sidecar-pre-1.29 standalone; do
     run_checker kustomize "deploy/${dir}" "${rendered}" || true
     summary_of "deploy/${dir}"
 done
-roles_agree() { # the Role verbs in deploy/ and in the chart are the same
-    local chart_verbs deploy_verbs
-    chart_verbs="$("${PYTHON}" -c 'import sys, yaml; print(sorted(next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Role")["rules"][0]["verbs"]))' "${out}/chart/standalone-default.yaml")"
-    deploy_verbs="$("${PYTHON}" -c 'import sys, yaml; print(sorted(next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Role")["rules"][0]["verbs"]))' "${out}/deploy/standalone.yaml")"
-    echo "chart ${chart_verbs}, deploy ${deploy_verbs}"
-    [[ ${chart_verbs} == "${deploy_verbs}" ]]
+rules_of() { # rules_of FILE RESOURCE: each rule on RESOURCE as "group resource names? verbs", sorted
+    "${PYTHON}" - "$1" "$2" <<'PY'
+import sys, yaml
+out = []
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "Role":
+        for r in d.get("rules") or []:
+            if sys.argv[2] in r.get("resources", []):
+                out.append(f'{r["apiGroups"]} {r["resources"]} named={bool(r.get("resourceNames"))} {sorted(r["verbs"])}')
+print("; ".join(sorted(out)))
+PY
 }
-check "deploy/standalone Role verbs equal the chart's secretVerbs" roles_agree
+roles_agree() { # roles_agree RESOURCE: the rules on RESOURCE in deploy/ and in the chart are the same
+    local chart_rules deploy_rules
+    chart_rules="$(rules_of "${out}/chart/standalone-default.yaml" "$1")"
+    deploy_rules="$(rules_of "${out}/deploy/standalone.yaml" "$1")"
+    echo "chart: ${chart_rules}"
+    echo "deploy: ${deploy_rules}"
+    [[ -n ${chart_rules} && ${chart_rules} == "${deploy_rules}" ]]
+}
+check "deploy/standalone Role verbs on secrets equal the chart's secretVerbs" roles_agree secrets
+check "deploy/standalone Lease rules equal the chart's leaseRules" roles_agree leases
 
 # -------------------------------------------------------------- summary ---
 passed="$(grep -c '^ok ' "${results}" || true)"

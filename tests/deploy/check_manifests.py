@@ -174,7 +174,7 @@ def check_refresher(ck, obj, expect):
         want = expect["args"][key]
         got = arg_value(args, flag)
         ck.check(f"{where}: {flag}={want}", got == [want], f"got {got}")
-    repeatable = {"--notify-url"}
+    repeatable = {"--notify-url", "--secret"}
     dupes = sorted({a.split("=", 1)[0] for a in args if a.startswith("--")
                     and a.split("=", 1)[0] not in repeatable
                     and sum(1 for b in args if b.split("=", 1)[0] == a.split("=", 1)[0]) > 1})
@@ -212,32 +212,119 @@ def labels_subset(sub, labels):
     return bool(sub) and all(labels.get(k) == v for k, v in sub.items())
 
 
+POD_ENV = {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "POD_UID": "metadata.uid"}
+HOSTNAME_KEY = "kubernetes.io/hostname"
+
+
+def check_pod_env(ck, where, container):
+    """POD_NAME, POD_NAMESPACE and POD_UID from the downward API."""
+    env = {e["name"]: ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+           for e in container.get("env") or []}
+    for name, field in POD_ENV.items():
+        ck.check(f"{where}: env {name} from the downward API ({field})", env.get(name) == field, str(env.get(name)))
+
+
+def rules_on(role, group, resource):
+    return [r for r in role.get("rules") or []
+            if group in (r.get("apiGroups") or []) and resource in (r.get("resources") or [])]
+
+
+def bindings_to(objs, role, sa_name, sa_ns):
+    """RoleBindings in the Role's namespace that refer to it and name the ServiceAccount."""
+    ns = role["metadata"].get("namespace")
+    out = []
+    for rb in (o for o in objs if o["kind"] == "RoleBinding" and o["metadata"].get("namespace") == ns):
+        ref = rb.get("roleRef") or {}
+        if ref.get("kind") == "Role" and ref.get("name") == role["metadata"]["name"] \
+                and ref.get("apiGroup") == "rbac.authorization.k8s.io" \
+                and {"kind": "ServiceAccount", "name": sa_name, "namespace": sa_ns} in (rb.get("subjects") or []):
+            out.append(rb)
+    return out
+
+
 def check_writer(ck, objs, dep, expect):
+    """The standalone writer: replicas and strategy, spreading and its PodDisruptionBudget, the
+    downward API env, its targets, leader election and Events arguments, and every Role and
+    RoleBinding it gets (each target Secret by name, the Lease by name, Events), and no other."""
     where = f"Deployment/{dep['metadata']['name']}"
     spec = pod_spec(dep)
-    ck.check(f"{where}: 1 replica", dep["spec"].get("replicas") == 1)
-    ck.check(f"{where}: strategy Recreate", (dep["spec"].get("strategy") or {}).get("type") == "Recreate")
+    dep_ns = dep["metadata"].get("namespace")
+    lease = expect.get("leaderElection")
+    replicas = expect["replicas"]
+    ck.check(f"{where}: {replicas} replica(s)", dep["spec"].get("replicas") == replicas,
+             str(dep["spec"].get("replicas")))
+    strategy = dep["spec"].get("strategy") or {}
+    if lease:
+        ck.check(f"{where}: strategy RollingUpdate, maxSurge 1, maxUnavailable 0 (a standby is always up)",
+                 strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                 str(strategy))
+    else:
+        ck.check(f"{where}: without leader election, 1 replica and strategy Recreate (one writer, even in an update)",
+                 replicas == 1 and strategy.get("type") == "Recreate", str(strategy))
+    pod_labels = dep["spec"]["template"]["metadata"].get("labels") or {}
+    spreads = [t for t in spec.get("topologySpreadConstraints") or [] if t.get("topologyKey") == HOSTNAME_KEY]
+    pdbs = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    if replicas > 1:
+        ck.check(f"{where}: soft spreading across nodes (topologyKey {HOSTNAME_KEY}, ScheduleAnyway, its own pods)",
+                 len(spreads) == 1 and spreads[0].get("whenUnsatisfiable") == "ScheduleAnyway"
+                 and spreads[0].get("maxSkew") == 1
+                 and labels_subset((spreads[0].get("labelSelector") or {}).get("matchLabels"), pod_labels),
+                 str(spreads))
+        ck.check(f"{where}: exactly one PodDisruptionBudget", len(pdbs) == 1, f"{len(pdbs)}")
+        for pdb in pdbs[:1]:
+            pw = f"PodDisruptionBudget/{pdb['metadata']['name']}"
+            ck.check(f"{pw}: policy/v1, in {dep_ns}", pdb.get("apiVersion") == "policy/v1"
+                     and pdb["metadata"].get("namespace") == dep_ns)
+            ck.check(f"{pw}: minAvailable 1, no maxUnavailable",
+                     pdb["spec"].get("minAvailable") == 1 and "maxUnavailable" not in pdb["spec"], str(pdb["spec"]))
+            ck.check(f"{pw}: unhealthyPodEvictionPolicy AlwaysAllow",
+                     pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow")
+            ck.check(f"{pw}: selects the writer's pods",
+                     labels_subset(pdb["spec"].get("selector", {}).get("matchLabels"), pod_labels))
+    else:
+        ck.check(f"{where}: one replica: no PodDisruptionBudget (minAvailable 1 would block every drain)", not pdbs)
+        ck.check(f"{where}: one replica: no spreading constraint", not spreads)
     ck.check(f"{where}: automountServiceAccountToken true (it calls the API server)",
              spec.get("automountServiceAccountToken") is True)
     result = check_refresher(ck, dep, expect)
     if not result:
         return
-    _, _, args = result
-    names = arg_value(args, "--secret-name")
-    ck.check(f"{where}: exactly one --secret-name", len(names) == 1, str(names))
-    secret_name = names[0] if names else None
-    if expect.get("tokenSecret"):
-        ck.check(f"{where}: --secret-name={expect['tokenSecret']}", secret_name == expect["tokenSecret"])
+    _, c, args = result
+    check_pod_env(ck, where, c)
+
+    # Targets: --secret NAMESPACE/NAME each (fan-out) or --secret-name/--secret-namespace.
+    fan_out = arg_value(args, "--secret")
+    if expect.get("fanOut", bool(fan_out)):
+        ck.check(f"{where}: fan-out: no --secret-name/--secret-namespace next to --secret",
+                 not arg_value(args, "--secret-name") and not arg_value(args, "--secret-namespace"))
+        got = [tuple(t.split("/", 1)) for t in fan_out]
+    else:
+        names = arg_value(args, "--secret-name")
+        ck.check(f"{where}: exactly one --secret-name and no --secret", len(names) == 1 and not fan_out, str(names))
+        ns_args = arg_value(args, "--secret-namespace")
+        got = [(ns_args[0] if ns_args else dep_ns, names[0] if names else None)]
+    if expect.get("targets") is not None:
+        want = [tuple(t) for t in expect["targets"]]
+        ck.check(f"{where}: Secret targets {', '.join('/'.join(t) for t in want)}", got == want, str(got))
+    targets = got
+    ck.check(f"{where}: no target twice", len(set(targets)) == len(targets), str(targets))
     if expect.get("tokenKey"):
         ck.check(f"{where}: --secret-key={expect['tokenKey']}",
                  arg_value(args, "--secret-key") == [expect["tokenKey"]])
-    dep_ns = dep["metadata"].get("namespace")
-    ns_args = arg_value(args, "--secret-namespace")
-    secret_ns = ns_args[0] if ns_args else dep_ns
-    if expect.get("tokenNamespace"):
-        ck.check(f"{where}: Secret namespace {expect['tokenNamespace']}", secret_ns == expect["tokenNamespace"],
-                 str(secret_ns))
     ck.check(f"{where}: no --token-file (Secret output only)", not arg_value(args, "--token-file"))
+    if lease:
+        ck.check(f"{where}: --leader-elect", args.count("--leader-elect") == 1)
+        ck.check(f"{where}: --lease-name={lease['name']}", arg_value(args, "--lease-name") == [lease["name"]],
+                 str(arg_value(args, "--lease-name")))
+        ck.check(f"{where}: --lease-duration={lease['duration']}",
+                 arg_value(args, "--lease-duration") == [lease["duration"]])
+        ck.check(f"{where}: no --lease-namespace (the pod's namespace, from POD_NAMESPACE)",
+                 not arg_value(args, "--lease-namespace"))
+    else:
+        ck.check(f"{where}: no leader election arguments",
+                 not [a for a in args if a.startswith(("--leader-elect", "--lease-"))])
+    ck.check(f"{where}: --events {'given' if expect.get('events') else 'absent'}",
+             ("--events" in args) == bool(expect.get("events")))
 
     sa_name = spec.get("serviceAccountName")
     if expect.get("serviceAccountCreated", True):
@@ -248,49 +335,112 @@ def check_writer(ck, objs, dep, expect):
             ck.check(f"ServiceAccount/{sa_name}: automountServiceAccountToken false",
                      sas[0].get("automountServiceAccountToken") is False)
     if not expect.get("rbac", True):
+        ck.check("no Role or RoleBinding (rbac.create false)",
+                 not [o for o in objs if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")])
         return
     roles = [o for o in objs if o["kind"] == "Role"]
-    ck.check("exactly one Role", len(roles) == 1, f"{len(roles)} Roles")
-    if not roles:
-        return
-    role = roles[0]
-    rw = f"Role/{role['metadata']['name']}"
-    ck.check(f"{rw}: in the Secret's namespace {secret_ns}", role["metadata"].get("namespace") == secret_ns,
-             str(role["metadata"].get("namespace")))
-    rules = role.get("rules") or []
-    ck.check(f"{rw}: exactly one rule", len(rules) == 1, f"{len(rules)} rules")
-    if rules:
-        rule = rules[0]
-        ck.check(f"{rw}: core API group, resource secrets",
-                 rule.get("apiGroups") == [""] and rule.get("resources") == ["secrets"], str(rule))
-        ck.check(f"{rw}: resourceNames equals the secret name [{secret_name}]",
-                 rule.get("resourceNames") == [secret_name], str(rule.get("resourceNames")))
-        verbs = set(rule.get("verbs") or [])
-        ck.check(f"{rw}: verbs include patch (server-side apply) and are within {sorted(ALLOWED_SECRET_VERBS)}",
-                 "patch" in verbs and verbs <= ALLOWED_SECRET_VERBS, str(sorted(verbs)))
+    ck.check("no ClusterRole or ClusterRoleBinding",
+             not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")])
+    for role in roles:
+        rw = f"Role/{role['metadata']['name']} in {role['metadata'].get('namespace')}"
+        wild = [r for r in role.get("rules") or []
+                if "*" in (r.get("verbs") or []) + (r.get("resources") or []) + (r.get("apiGroups") or [])]
+        ck.check(f"{rw}: no '*' in verbs, resources or API groups", not wild, str(wild))
+
+    # Secrets: one Role per target namespace, limited to its Secret names.
+    by_ns = {}
+    for ns, name in targets:
+        by_ns.setdefault(ns, []).append(name)
+    secret_roles = [r for r in roles if rules_on(r, "", "secrets")]
+    ck.check(f"one Secret Role per target namespace ({', '.join(sorted(by_ns))}), none elsewhere",
+             sorted(r["metadata"].get("namespace") for r in secret_roles) == sorted(by_ns),
+             str([r["metadata"].get("namespace") for r in secret_roles]))
+    for role in secret_roles:
+        ns = role["metadata"].get("namespace")
+        rw = f"Role/{role['metadata']['name']} in {ns}"
+        rules = role.get("rules") or []
+        ck.check(f"{rw}: exactly one rule", len(rules) == 1, f"{len(rules)} rules")
+        if rules:
+            rule = rules[0]
+            ck.check(f"{rw}: core API group, resource secrets",
+                     rule.get("apiGroups") == [""] and rule.get("resources") == ["secrets"], str(rule))
+            want_names = sorted(by_ns.get(ns, []))
+            ck.check(f"{rw}: resourceNames equals the target Secret name(s) {want_names}",
+                     sorted(rule.get("resourceNames") or []) == want_names and want_names,
+                     str(rule.get("resourceNames")))
+            verbs = set(rule.get("verbs") or [])
+            ck.check(f"{rw}: verbs include patch (server-side apply) and are within {sorted(ALLOWED_SECRET_VERBS)}",
+                     "patch" in verbs and verbs <= ALLOWED_SECRET_VERBS, str(sorted(verbs)))
+        ck.check(f"{rw}: a RoleBinding in {ns} binds it to ServiceAccount {dep_ns}/{sa_name}",
+                 len(bindings_to(objs, role, sa_name, dep_ns)) == 1)
+
+    # The Lease: get/update/watch by name, create unnamed, in the pods' namespace.
+    lease_roles = [r for r in roles if rules_on(r, "coordination.k8s.io", "leases")]
+    if lease:
+        ck.check(f"exactly one Lease Role, in {dep_ns}",
+                 len(lease_roles) == 1 and lease_roles[0]["metadata"].get("namespace") == dep_ns,
+                 str([(r["metadata"]["name"], r["metadata"].get("namespace")) for r in lease_roles]))
+        for role in lease_roles[:1]:
+            rw = f"Role/{role['metadata']['name']}"
+            rules = role.get("rules") or []
+            ck.check(f"{rw}: only rules on coordination.k8s.io leases",
+                     rules and all(r.get("apiGroups") == ["coordination.k8s.io"] and r.get("resources") == ["leases"]
+                                   for r in rules), str(rules))
+            named = [r for r in rules if r.get("resourceNames")]
+            unnamed = [r for r in rules if not r.get("resourceNames")]
+            ck.check(f"{rw}: get, update and watch limited to resourceNames [{lease['name']}]",
+                     len(named) == 1 and named[0]["resourceNames"] == [lease["name"]]
+                     and sorted(named[0].get("verbs") or []) == ["get", "update", "watch"], str(named))
+            ck.check(f"{rw}: create (which cannot be limited by name) and nothing else unnamed",
+                     len(unnamed) == 1 and unnamed[0].get("verbs") == ["create"], str(unnamed))
+            ck.check(f"{rw}: a RoleBinding binds it to ServiceAccount {dep_ns}/{sa_name}",
+                     len(bindings_to(objs, role, sa_name, dep_ns)) == 1)
+    else:
+        ck.check("no Lease Role without leader election", not lease_roles)
+
+    # Events: create and patch in the pods' namespace.
+    event_roles = [r for r in roles if rules_on(r, "events.k8s.io", "events") or rules_on(r, "", "events")]
+    if expect.get("events"):
+        ck.check(f"exactly one Events Role, in {dep_ns}",
+                 len(event_roles) == 1 and event_roles[0]["metadata"].get("namespace") == dep_ns)
+        for role in event_roles[:1]:
+            rw = f"Role/{role['metadata']['name']}"
+            ck.check(f"{rw}: exactly create and patch on events.k8s.io events",
+                     role.get("rules") == [{"apiGroups": ["events.k8s.io"], "resources": ["events"],
+                                            "verbs": ["create", "patch"]}], str(role.get("rules")))
+            ck.check(f"{rw}: a RoleBinding binds it to ServiceAccount {dep_ns}/{sa_name}",
+                     len(bindings_to(objs, role, sa_name, dep_ns)) == 1)
+    else:
+        ck.check("no Events Role without events", not event_roles)
+    ck.check("every Role is a target Secret's, the Lease's or the Events'",
+             len(roles) == len(secret_roles) + len(lease_roles) + len(event_roles), str(len(roles)))
     bindings = [o for o in objs if o["kind"] == "RoleBinding"]
-    ck.check("exactly one RoleBinding", len(bindings) == 1, f"{len(bindings)} RoleBindings")
-    if bindings:
-        rb = bindings[0]
-        bw = f"RoleBinding/{rb['metadata']['name']}"
-        ck.check(f"{bw}: in the Secret's namespace", rb["metadata"].get("namespace") == secret_ns)
-        ref = rb.get("roleRef") or {}
-        ck.check(f"{bw}: refers to {rw}", ref.get("kind") == "Role" and ref.get("name") == role["metadata"]["name"]
-                 and ref.get("apiGroup") == "rbac.authorization.k8s.io", str(ref))
-        ck.check(f"{bw}: subject is ServiceAccount {dep_ns}/{sa_name}",
-                 rb.get("subjects") == [{"kind": "ServiceAccount", "name": sa_name, "namespace": dep_ns}],
-                 str(rb.get("subjects")))
+    ck.check("as many RoleBindings as Roles, each to a Role of the same name",
+             len(bindings) == len(roles) and all(
+                 any(r["metadata"]["name"] == (b.get("roleRef") or {}).get("name")
+                     and r["metadata"].get("namespace") == b["metadata"].get("namespace") for r in roles)
+                 for b in bindings), f"{len(bindings)} RoleBindings")
 
 
 def check_sidecar(ck, dep, expect, native=True):
     where = f"Deployment/{dep['metadata']['name']}"
     spec = pod_spec(dep)
-    ck.check(f"{where}: automountServiceAccountToken false (no API access needed)",
-             spec.get("automountServiceAccountToken") is False)
+    events = bool(expect.get("events"))
+    if events:
+        ck.check(f"{where}: automountServiceAccountToken true (it publishes Events)",
+                 spec.get("automountServiceAccountToken") is True)
+    else:
+        ck.check(f"{where}: automountServiceAccountToken false (no API access needed)",
+                 spec.get("automountServiceAccountToken") is False)
     result = check_refresher(ck, dep, expect)
     if not result:
         return
     kind, c, args = result
+    ck.check(f"{where}: --events {'given' if events else 'absent'}", ("--events" in args) == events)
+    ck.check(f"{where}: no leader election arguments (a sidecar holds its own token)",
+             not [a for a in args if a.startswith(("--leader-elect", "--lease-"))])
+    if events:
+        check_pod_env(ck, where, c)
     if native:
         ck.check(f"{where}: {REFRESHER} is a native sidecar (initContainer)", kind == "initContainer")
         ck.check(f"{where}: {REFRESHER} has restartPolicy Always", c.get("restartPolicy") == "Always")
@@ -432,7 +582,8 @@ def is_writer(obj):
     if not spec:
         return False
     _, c = find_refresher(spec)
-    return c is not None and bool(arg_value(c.get("args") or [], "--secret-name"))
+    args = (c.get("args") or []) if c is not None else []
+    return c is not None and bool(arg_value(args, "--secret-name") or arg_value(args, "--secret"))
 
 
 def is_sidecar_workload(obj):
@@ -470,6 +621,12 @@ def chart_expectations(args):
         "tokenSecret": v["tokenSecret"]["name"] or f"{fullname}-token",
         "tokenNamespace": v["tokenSecret"]["namespace"] or args.namespace,
         "tokenKey": v["tokenSecret"]["key"],
+        "replicas": int(v["standalone"]["replicas"]) if v["leaderElection"]["enabled"] else 1,
+        "leaderElection": ({"name": v["leaderElection"]["leaseName"] or fullname,
+                            "duration": v["leaderElection"]["leaseDuration"]}
+                           if v["leaderElection"]["enabled"] else None),
+        "fanOut": bool(v["tokenSecret"]["targets"]),
+        "events": bool(v["events"]["enabled"]),
         "serviceAccountCreated": v["serviceAccount"]["create"],
         "rbac": v["rbac"]["create"],
         "serviceMonitor": v["serviceMonitor"]["enabled"],
@@ -479,6 +636,9 @@ def chart_expectations(args):
         "smLabels": v["serviceMonitor"]["labels"] or {},
         "env": {},
     }
+    default_name = v["tokenSecret"]["name"] or f"{fullname}-token"
+    exp["targets"] = ([(t["namespace"], t.get("name") or default_name) for t in v["tokenSecret"]["targets"]]
+                      if v["tokenSecret"]["targets"] else [(exp["tokenNamespace"], default_name)])
     if v["ca"]["configMap"] or v["ca"]["secret"]:
         exp["caFile"] = f"/etc/fiskil/ca/{v['ca']['key']}"
     if v["proxy"]["httpsProxy"]:
@@ -504,11 +664,18 @@ def run_chart(ck, objs, args):
         if v["serviceAccount"]["create"]:
             want.append(("ServiceAccount", v["serviceAccount"]["name"] or exp["fullname"]))
         if v["rbac"]["create"]:
-            want += [("Role", exp["fullname"]), ("RoleBinding", exp["fullname"])]
+            for _ in sorted({ns for ns, _ in exp["targets"]}):
+                want += [("Role", exp["fullname"]), ("RoleBinding", exp["fullname"])]
+            if exp["leaderElection"]:
+                want += [("Role", f"{exp['fullname']}-lease"), ("RoleBinding", f"{exp['fullname']}-lease")]
+        if exp["replicas"] > 1:
+            want.append(("PodDisruptionBudget", exp["fullname"]))
         if exp["service"]:
             want.append(("Service", exp["fullname"]))
         if exp["serviceMonitor"]:
             want.append(("ServiceMonitor", exp["fullname"]))
+    if exp["events"] and v["rbac"]["create"] and (v["standalone"]["enabled"] or v["example"]["enabled"]):
+        want += [("Role", f"{exp['fullname']}-events"), ("RoleBinding", f"{exp['fullname']}-events")]
     if v["example"]["enabled"]:
         want += [("Deployment", f"{exp['fullname']}-example"), ("ServiceAccount", f"{exp['fullname']}-example")]
     if exp["createCredentials"] and (v["standalone"]["enabled"] or v["example"]["enabled"]):
@@ -585,10 +752,19 @@ def run_chart(ck, objs, args):
             check_service_monitor(ck, objs, w, exp)
     for s in sidecars:
         check_sidecar(ck, s, exp["example"], native=True)
-        sa = [o for o in objs if o["kind"] == "ServiceAccount"
-              and o["metadata"]["name"] == pod_spec(s).get("serviceAccountName")]
+        sa_name = pod_spec(s).get("serviceAccountName")
+        sa = [o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == sa_name]
         ck.check(f"Deployment/{s['metadata']['name']}: its ServiceAccount exists with automount false",
                  len(sa) == 1 and sa[0].get("automountServiceAccountToken") is False)
+        event_roles = [o for o in objs if o["kind"] == "Role" and rules_on(o, "events.k8s.io", "events")]
+        bound = [r for r in event_roles if bindings_to(objs, r, sa_name, args.namespace)]
+        if exp["events"] and v["rbac"]["create"]:
+            ck.check(f"Deployment/{s['metadata']['name']}: ServiceAccount {sa_name} bound to the Events Role",
+                     len(bound) == 1 and bound[0]["metadata"].get("namespace") == args.namespace)
+        else:
+            ck.check(f"Deployment/{s['metadata']['name']}: ServiceAccount {sa_name} bound to no Role",
+                     not [b for b in objs if b["kind"] == "RoleBinding" and {"kind": "ServiceAccount",
+                          "name": sa_name, "namespace": args.namespace} in (b.get("subjects") or [])])
 
 
 def run_kustomize(ck, objs, name):
@@ -622,7 +798,8 @@ def run_kustomize(ck, objs, name):
     if name.startswith("standalone"):
         ck.check("one standalone writer, no sidecar workload", len(writers) == 1 and not sidecars)
         for w in writers:
-            check_writer(ck, objs, w, dict(base, tokenKey="token"))
+            check_writer(ck, objs, w, dict(base, tokenKey="token", replicas=2, events=False,
+                                           leaderElection={"name": "fiskil-token-refresher", "duration": "15s"}))
     else:
         ck.check("one sidecar workload, no standalone writer", len(sidecars) == 1 and not writers)
         ck.check("no RBAC objects", not [o for o in objs if o["kind"] in ("Role", "RoleBinding")])

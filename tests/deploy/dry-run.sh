@@ -19,7 +19,10 @@
 # Checks:
 # - "kubectl apply --dry-run=server" of each rendered file succeeds with no
 #   PodSecurity warning (the namespaces also carry warn=restricted: a workload
-#   object only gets warnings, never a rejection);
+#   object only gets warnings, never a rejection); the server keeps the
+#   default writer's high-availability fields (the PodDisruptionBudget's
+#   unhealthyPodEvictionPolicy, the spreading's matchLabelKeys, the rolling
+#   update);
 # - every pod template, submitted as a Pod ("kubectl create --dry-run=server"),
 #   is admitted under enforce=restricted, and a deliberately non-compliant Pod
 #   is rejected (so the enforcement is known to be on);
@@ -164,6 +167,27 @@ for f in "${out}"/rendered/*.yaml; do
     n="$(grep -c '^kind: ' "${f}" || true)"
     check "${name}: kubectl apply --dry-run=server (${n} objects), no warnings" dry_run_apply "${f}"
 done
+
+# The high-availability fields the API server could drop on an older version: it keeps them.
+ha_fields_kept() {
+    k apply --dry-run=server -f "${out}/rendered/chart-standalone-default.yaml" -o json >"${out}/applied.json" || return 1
+    "${PYTHON}" - "${out}/applied.json" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+items = doc.get("items", [doc])
+pdb = next(i for i in items if i["kind"] == "PodDisruptionBudget")
+dep = next(i for i in items if i["kind"] == "Deployment")
+spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"][0]
+print("PDB:", pdb["spec"])
+print("spread:", spread)
+print("strategy:", dep["spec"]["strategy"])
+ok = (pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow" and pdb["spec"].get("minAvailable") == 1
+      and spread.get("matchLabelKeys") == ["pod-template-hash"] and spread.get("whenUnsatisfiable") == "ScheduleAnyway"
+      and dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+sys.exit(0 if ok else 1)
+PY
+}
+check "chart-standalone-default: the server keeps unhealthyPodEvictionPolicy, matchLabelKeys and the rolling update" ha_fields_kept
 
 # ---------------------------------------------------- dry-run pods (PSS) ---
 check "ServiceAccounts created (pods need them at admission)" k apply -f "${out}/serviceaccounts.yaml"

@@ -41,8 +41,17 @@ trap cleanup EXIT
 client_id="install-client"
 client_secret="install-secret-$$"
 k create namespace "${namespace}" >/dev/null
-check "helm install of the chart (standalone, credentials from values)" \
-    "${helm}" install "${release}" "${CHART_DIR}" -n "${namespace}" \
+# The chart's defaults elect a leader (--leader-elect). A binary built before leader election
+# gets the single writer of before (leaderElection.enabled false, one replica).
+leader_elect=true
+install_values=()
+if ! grep -q -- '--leader-elect' <<<"$("${daemon_bin}" --help)"; then
+    leader_elect=false
+    install_values=(--set leaderElection.enabled=false --set standalone.replicas=1)
+    echo "note: ${daemon_bin} has no --leader-elect: installing with leaderElection.enabled=false"
+fi
+check "helm install of the chart (standalone, credentials from values, leader election ${leader_elect})" \
+    "${helm}" install "${release}" "${CHART_DIR}" -n "${namespace}" "${install_values[@]}" \
     --set credentials.clientId="${client_id}" --set credentials.clientSecret="${client_secret}"
 
 deploy_json="$(k -n "${namespace}" get deployment -l app.kubernetes.io/instance="${release}" -o json)"
@@ -85,7 +94,9 @@ sleep 0.5
 # The Deployment's own args, with the endpoint, credential paths and listen address made local.
 mapfile -t args < <(read_deploy "'\n'.join(a for a in d['spec']['template']['spec']['containers'][0]['args'] if not a.startswith(('--token-url=', '--ca-file=', '--client-id-file=', '--client-secret-file=', '--listen=')))")
 echo "daemon args from the chart: ${args[*]}"
-KUBECONFIG="${work}/sa-kubeconfig" "${daemon_bin}" "${args[@]}" \
+# The downward API's variables, as the pod gets them: the leader election identity and the
+# Lease's namespace.
+POD_NAME="${release}-writer-0" POD_NAMESPACE="${namespace}" KUBECONFIG="${work}/sa-kubeconfig" "${daemon_bin}" "${args[@]}" \
     --token-url "https://localhost:${port}/v1/token" --ca-file "${work}/stand-in-ca.pem" \
     --client-id-file "${work}/credentials/client_id" --client-secret-file "${work}/credentials/client_secret" \
     --listen 127.0.0.1:0 >"${work}/daemon.log" 2>&1 &
@@ -116,6 +127,16 @@ secret_refreshed() {
     return 1
 }
 check "the Secret is refreshed before the 3 s token expires" secret_refreshed
+if [[ ${leader_elect} == true ]]; then
+    lease_name="$(read_deploy "[a for a in d['spec']['template']['spec']['containers'][0]['args'] if a.startswith('--lease-name=')][0].split('=',1)[1]")"
+    holds_lease() {
+        local holder
+        holder="$(k -n "${namespace}" get lease "${lease_name}" -o 'jsonpath={.spec.holderIdentity}')"
+        echo "Lease ${lease_name} held by ${holder}"
+        [[ ${holder} == "${release}-writer-0" ]]
+    }
+    check "the daemon, as the chart's ServiceAccount, holds the chart's Lease" holds_lease
+fi
 
 # The same identity against everything else: refused.
 as_sa() { # as_sa METHOD PATH [BODY]: HTTP status as the chart's ServiceAccount

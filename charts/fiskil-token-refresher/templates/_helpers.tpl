@@ -118,6 +118,51 @@ The Secret the standalone writer keeps the token in.
 {{- end }}
 
 {{/*
+Every Secret the standalone writer keeps the token in, as a JSON list of
+{"namespace", "name"}: the entries of tokenSecret.targets (name defaulting to
+the tokenSecret name), or the one tokenSecret. Read it with fromJsonArray.
+*/}}
+{{- define "fiskil-token-refresher.secretTargets" -}}
+{{- $default := include "fiskil-token-refresher.tokenSecretName" . }}
+{{- $targets := list }}
+{{- if .Values.tokenSecret.targets }}
+{{- range .Values.tokenSecret.targets }}
+{{- $targets = append $targets (dict "namespace" .namespace "name" (default $default .name)) }}
+{{- end }}
+{{- else }}
+{{- $targets = append $targets (dict "namespace" (include "fiskil-token-refresher.tokenSecretNamespace" .) "name" $default) }}
+{{- end }}
+{{- toJson $targets }}
+{{- end }}
+
+{{/*
+Name of the Lease the writer's replicas elect a leader with.
+*/}}
+{{- define "fiskil-token-refresher.leaseName" -}}
+{{- default (include "fiskil-token-refresher.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/*
+Environment from the downward API: the pod's name (the leader election
+identity), namespace (the Lease's and the Events') and UID (so that
+"kubectl describe pod" lists the Events about it).
+*/}}
+{{- define "fiskil-token-refresher.podEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: POD_UID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.uid
+{{- end }}
+
+{{/*
 RBAC verbs the standalone writer needs on its one target Secret (the Role is
 restricted to it with resourceNames). This is the single place to change them.
 The writer sends a server-side apply: a PATCH (application/apply-patch+yaml)
@@ -130,6 +175,34 @@ tests/deploy/dry-run.sh checks this against a real API server.
 {{- define "fiskil-token-refresher.secretVerbs" -}}
 - create
 - patch
+{{- end }}
+
+{{/*
+RBAC rules for the leader election Lease. The writer reads and renews the
+Lease by name (get, update, limited by resourceNames), followers watch it by
+name (a metadata.name field selector, so a release is seen at once), and the
+writer creates it when it is missing. The API server cannot limit a create by name (a POST carries no
+name in its URL), so "create" is a rule of its own without resourceNames.
+*/}}
+{{- define "fiskil-token-refresher.leaseRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  resourceNames:
+    - {{ include "fiskil-token-refresher.leaseName" . | quote }}
+  verbs: ["get", "update", "watch"]
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create"]
+{{- end }}
+
+{{/*
+RBAC rule for Events: the daemon creates an events.k8s.io/v1 Event per state
+change and patches its series when the change repeats.
+*/}}
+{{- define "fiskil-token-refresher.eventRules" -}}
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
 {{- end }}
 
 {{/*
@@ -157,6 +230,20 @@ template that renders the refresher, so a bad combination fails the render.
 {{- end }}
 {{- if and .Values.ca.configMap .Values.ca.secret }}
 {{- fail "ca: set configMap or secret, not both" }}
+{{- end }}
+{{- if and (gt (int .Values.standalone.replicas) 1) (not .Values.leaderElection.enabled) }}
+{{- fail (printf "standalone.replicas is %v but leaderElection.enabled is false: replicas without leader election would all write the Secret; set leaderElection.enabled: true or standalone.replicas: 1" .Values.standalone.replicas) }}
+{{- end }}
+{{- if and .Values.tokenSecret.targets .Values.tokenSecret.namespace }}
+{{- fail "tokenSecret.namespace is not used when tokenSecret.targets is set: give each target its namespace and leave tokenSecret.namespace empty" }}
+{{- end }}
+{{- $seen := dict }}
+{{- range (include "fiskil-token-refresher.secretTargets" . | fromJsonArray) }}
+{{- $key := printf "%s/%s" .namespace .name }}
+{{- if hasKey $seen $key }}
+{{- fail (printf "tokenSecret.targets: %s is listed twice (a target's name defaults to tokenSecret.name); list each Secret once" $key) }}
+{{- end }}
+{{- $_ := set $seen $key true }}
 {{- end }}
 {{- with .Values.example }}
 {{- if and .notify.signal (not .notify.pidFile) }}
@@ -261,23 +348,31 @@ Volumes shared by both pods.
 
 {{/*
 The refresher container's fields other than name, args and probes: image,
-ports, env, resources, securityContext.
+ports, env, resources, securityContext. Pass a dict with "ctx" (the root
+context) and "podEnv" (true: add POD_NAME, POD_NAMESPACE and POD_UID).
 */}}
 {{- define "fiskil-token-refresher.containerCommon" -}}
-image: {{ include "fiskil-token-refresher.image" . }}
-imagePullPolicy: {{ .Values.image.pullPolicy }}
+{{- $ctx := .ctx -}}
+image: {{ include "fiskil-token-refresher.image" $ctx }}
+imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
 ports:
   - name: http-metrics
-    containerPort: {{ .Values.port }}
+    containerPort: {{ $ctx.Values.port }}
     protocol: TCP
-{{- with (include "fiskil-token-refresher.env" .) }}
+{{- $env := include "fiskil-token-refresher.env" $ctx }}
+{{- if or .podEnv $env }}
 env:
+{{- if .podEnv }}
+{{- include "fiskil-token-refresher.podEnv" $ctx | nindent 2 }}
+{{- end }}
+{{- with $env }}
 {{- . | nindent 2 }}
 {{- end }}
+{{- end }}
 resources:
-  {{- toYaml .Values.resources | nindent 2 }}
+  {{- toYaml $ctx.Values.resources | nindent 2 }}
 securityContext:
-  {{- toYaml .Values.securityContext | nindent 2 }}
+  {{- toYaml $ctx.Values.securityContext | nindent 2 }}
 {{- end }}
 
 {{/*
