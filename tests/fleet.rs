@@ -694,7 +694,7 @@ async fn events_mark_each_state_change_and_a_long_outage_makes_no_storm() {
 #[ignore = "needs a cluster: tests/cluster/up.sh DIR, then FISKIL_CLUSTER_DIR=DIR"]
 async fn a_paused_leader_resumed_after_a_takeover_writes_nothing_in_its_old_term() {
     let cluster = Cluster::connect().await;
-    let fixture = Fixture::new("fleet-pause", 30);
+    let fixture = Fixture::new("fleet-pause", 16);
     let fleet = Fleet::create(&cluster, "fleet-pause", fixture.dir.path(), 2).await;
     for i in 0..2 {
         fleet.grant(i).await;
@@ -726,8 +726,10 @@ async fn a_paused_leader_resumed_after_a_takeover_writes_nothing_in_its_old_term
             e.holder().is_some_and(|h| h != holder)
         });
         let successor = settle(&lease, &secrets, &mut writers);
-        // Resumed with a refresh pending (SIGHUP, queued while stopped): it must find its
-        // Lease gone before it writes anything.
+        // Resumed with its refresh overdue (paused for longer than half a 16 s lifetime) and
+        // another asked for (SIGHUP, queued while stopped): it must find its Lease gone before
+        // it writes anything.
+        tokio::time::sleep(Duration::from_secs(6)).await;
         paused.daemon.signal("HUP");
         paused.daemon.signal("CONT");
         wait_following(&mut paused, &successor);
