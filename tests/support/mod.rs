@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod fake_api;
+pub mod fleet;
 pub mod node;
 
 use std::io::{BufRead, BufReader, Read, Write};
