@@ -733,9 +733,10 @@ async fn a_paused_leader_resumed_after_a_takeover_writes_nothing_in_its_old_term
         paused.daemon.signal("HUP");
         paused.daemon.signal("CONT");
         wait_following(&mut paused, &successor);
-        eprintln!(
-            "round {round}: {holder} resumed after {successor} took over; its token requests {before} -> {}",
-            paused.requests()
+        assert_eq!(
+            paused.requests(),
+            before,
+            "round {round}: {holder} resumed after {successor} took over and requested a token"
         );
         writers.push(paused);
     }
