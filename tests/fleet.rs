@@ -404,17 +404,7 @@ async fn fan_out_never_waits_for_a_forbidden_namespace_which_catches_up_when_gra
     assert!(ready["outputs"].get(&forbidden).is_some(), "{ready}");
     let events: Api<Event> = Api::namespaced(cluster.admin.clone(), &fleet.targets[2]);
     let list = || async { events.list(&ListParams::default()).await.unwrap().items };
-    eventually(
-        Duration::from_secs(20),
-        "a SecretWriteFailed Event",
-        || async {
-            list()
-                .await
-                .iter()
-                .any(|e| e.reason.as_deref() == Some("SecretWriteFailed"))
-        },
-    )
-    .await;
+    await_reason(&events, "SecretWriteFailed", 1).await;
 
     fleet.grant(2).await;
     let granted = Instant::now();
@@ -433,17 +423,7 @@ async fn fan_out_never_waits_for_a_forbidden_namespace_which_catches_up_when_gra
         "/readyz 200 with every target written",
         || writer.readyz().0 == 200,
     );
-    eventually(
-        Duration::from_secs(20),
-        "a SecretWriteRecovered Event",
-        || async {
-            list()
-                .await
-                .iter()
-                .any(|e| e.reason.as_deref() == Some("SecretWriteRecovered"))
-        },
-    )
-    .await;
+    await_reason(&events, "SecretWriteRecovered", 1).await;
     for event in list().await {
         let regarding = event.regarding.clone().unwrap_or_default();
         assert_eq!(regarding.kind.as_deref(), Some("Secret"), "{event:?}");
@@ -534,38 +514,20 @@ async fn events_mark_each_state_change_and_a_long_outage_makes_no_storm() {
 
     let events: Api<Event> = Api::namespaced(cluster.admin.clone(), &fleet.home);
     let list = || async { events.list(&ListParams::default()).await.unwrap().items };
-    let reason_count = |items: &[Event], reason: &str| -> i32 {
-        items
-            .iter()
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .map(occurrences)
-            .sum()
-    };
-    let await_reason = |reason: &'static str, times: i32| {
-        let list = &list;
-        async move {
-            eventually(
-                Duration::from_secs(40),
-                &format!("{times} {reason} Event(s)"),
-                || async { reason_count(&list().await, reason) >= times },
-            )
-            .await;
-        }
-    };
 
-    await_reason("LeaderElected", 1).await;
-    await_reason("SecretWriteFailed", 1).await;
+    await_reason(&events, "LeaderElected", 1).await;
+    await_reason(&events, "SecretWriteFailed", 1).await;
     fleet.grant(1).await;
-    await_reason("SecretWriteRecovered", 1).await;
+    await_reason(&events, "SecretWriteRecovered", 1).await;
 
     fixture
         .stand_in
         .set_default(Behaviour::Fail { status: 401 });
-    await_reason("CredentialsRejected", 1).await;
+    await_reason(&events, "CredentialsRejected", 1).await;
     fixture.stand_in.set_default(Behaviour::Issue {
         expires_in: lifetime,
     });
-    await_reason("TokenRefreshed", 1).await;
+    await_reason(&events, "TokenRefreshed", 1).await;
 
     // A long outage: the daemon retries every 1-2 s, the Events record the state change once.
     let before = list().await;
@@ -573,7 +535,7 @@ async fn events_mark_each_state_change_and_a_long_outage_makes_no_storm() {
     fixture
         .stand_in
         .set_default(Behaviour::Fail { status: 503 });
-    await_reason("TokenExpiringSoon", 1).await;
+    await_reason(&events, "TokenExpiringSoon", 1).await;
     let outage = Duration::from_secs(env_u64("FISKIL_FLEET_OUTAGE_SECONDS", 60));
     tokio::time::sleep(outage).await;
     let during = list().await;
@@ -581,7 +543,7 @@ async fn events_mark_each_state_change_and_a_long_outage_makes_no_storm() {
     fixture.stand_in.set_default(Behaviour::Issue {
         expires_in: lifetime,
     });
-    await_reason("TokenRefreshed", 2).await;
+    await_reason(&events, "TokenRefreshed", 2).await;
     let new_objects = during.len() - before.len();
     let new_occurrences: i32 =
         during.iter().map(occurrences).sum::<i32>() - before.iter().map(occurrences).sum::<i32>();
@@ -615,7 +577,7 @@ async fn events_mark_each_state_change_and_a_long_outage_makes_no_storm() {
         .replace(&fleet.lease, &PostParams::default(), &taken)
         .await
         .expect("take the Lease");
-    await_reason("LeadershipLost", 1).await;
+    await_reason(&events, "LeadershipLost", 1).await;
     wait_for(
         Duration::from_secs(20),
         "the writer to follow the intruder",
@@ -753,6 +715,24 @@ async fn a_paused_leader_resumed_after_a_takeover_writes_nothing_in_its_old_term
         );
     }
     assert_clean(&fixture, &writers.iter().collect::<Vec<_>>());
+}
+
+/// Waits until the Events in `events` hold `times` occurrences (series counted) of `reason`.
+async fn await_reason(events: &Api<Event>, reason: &str, times: i32) {
+    eventually(
+        Duration::from_secs(40),
+        &format!("{times} {reason} Event(s)"),
+        || async {
+            let items = events.list(&ListParams::default()).await.unwrap().items;
+            items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .map(occurrences)
+                .sum::<i32>()
+                >= times
+        },
+    )
+    .await;
 }
 
 /// A Secret version as a watch delivers it.

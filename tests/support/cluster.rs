@@ -92,16 +92,26 @@ impl Cluster {
             .await
             .expect("create RoleBinding");
 
+        let path = work.join("sa-kubeconfig");
+        self.kubeconfig_for(&namespace, "refresher", &path).await;
+        (namespace, path)
+    }
+
+    /// Writes a kubeconfig to `path` that authenticates as ServiceAccount `account` of
+    /// `namespace` with a freshly minted token (two hours), its contexts defaulting to that
+    /// namespace.
+    pub async fn kubeconfig_for(&self, namespace: &str, account: &str, path: &Path) {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), namespace);
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: vec![],
-                expiration_seconds: Some(3600),
+                expiration_seconds: Some(7200),
                 ..TokenRequestSpec::default()
             },
             ..TokenRequest::default()
         };
         let minted: TokenRequest = accounts
-            .create_subresource("token", "refresher", &PostParams::default(), &request)
+            .create_subresource("token", account, &PostParams::default(), &request)
             .await
             .expect("TokenRequest");
         let token = minted.status.expect("token status").token;
@@ -116,12 +126,10 @@ impl Cluster {
         user.auth_info = Some(auth);
         for context in &mut kubeconfig.contexts {
             if let Some(c) = context.context.as_mut() {
-                c.namespace = Some(namespace.clone());
+                c.namespace = Some(namespace.to_owned());
             }
         }
-        let path = work.join("sa-kubeconfig");
-        std::fs::write(&path, serde_json::to_vec(&kubeconfig).unwrap()).unwrap();
-        (namespace, path)
+        std::fs::write(path, serde_json::to_vec(&kubeconfig).unwrap()).unwrap();
     }
 
     /// The Role the README documents: create and patch on the one Secret, nothing else.

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::BodyExt;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -116,34 +115,9 @@ impl Fleet {
             )
             .await;
 
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![],
-                expiration_seconds: Some(7200),
-                ..TokenRequestSpec::default()
-            },
-            ..TokenRequest::default()
-        };
-        let minted: TokenRequest = accounts
-            .create_subresource("token", WRITER_ACCOUNT, &PostParams::default(), &request)
-            .await
-            .expect("TokenRequest");
-        let token = minted.status.expect("token status").token;
-        let mut kubeconfig = Kubeconfig::read_from(cluster.dir.join("kubeconfig")).unwrap();
-        let user = kubeconfig.auth_infos.first_mut().expect("a user entry");
-        let mut auth = user.auth_info.clone().unwrap_or_default();
-        auth.client_certificate = None;
-        auth.client_certificate_data = None;
-        auth.client_key = None;
-        auth.client_key_data = None;
-        auth.token = Some(token.into());
-        user.auth_info = Some(auth);
-        for context in &mut kubeconfig.contexts {
-            if let Some(c) = context.context.as_mut() {
-                c.namespace = Some(home.clone());
-            }
-        }
-        std::fs::write(&fleet.kubeconfig, serde_json::to_vec(&kubeconfig).unwrap()).unwrap();
+        cluster
+            .kubeconfig_for(&home, WRITER_ACCOUNT, &fleet.kubeconfig)
+            .await;
         fleet
     }
 
@@ -458,63 +432,58 @@ impl Watch {
         let name = name.to_owned();
         let sink = Arc::clone(&events);
         let failed = Arc::clone(&failure);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let config = kube::Config::from_custom_kubeconfig(
-                    Kubeconfig::read_from(kubeconfig).unwrap(),
-                    &KubeConfigOptions::default(),
-                )
-                .await
-                .unwrap();
-                let client = Client::try_from(config).unwrap();
-                loop {
-                    let uri = format!(
+        apart(move || async move {
+            let client = admin_client(&kubeconfig).await;
+            loop {
+                let uri = format!(
                         "{path}?watch=true&fieldSelector=metadata.name%3D{name}&resourceVersion={from}&timeoutSeconds=240"
                     );
-                    let request = hyper::Request::get(uri).body(Vec::new().into()).unwrap();
-                    let response = tokio::select! {
-                        r = client.send(request) => r,
+                let request = hyper::Request::get(uri).body(Vec::new().into()).unwrap();
+                let response = tokio::select! {
+                    r = client.send(request) => r,
+                    _ = &mut stopped => return,
+                };
+                let mut body = match response {
+                    Ok(r) if r.status().is_success() => r.into_body(),
+                    other => {
+                        *failed.lock().unwrap() = Some(format!("watch {path}: {other:?}"));
+                        return;
+                    }
+                };
+                let mut pending = Vec::new();
+                loop {
+                    let frame = tokio::select! {
+                        f = body.frame() => f,
                         _ = &mut stopped => return,
                     };
-                    let mut body = match response {
-                        Ok(r) if r.status().is_success() => r.into_body(),
-                        other => {
-                            *failed.lock().unwrap() = Some(format!("watch {path}: {other:?}"));
+                    let Some(Ok(frame)) = frame else { break };
+                    let Ok(bytes) = frame.into_data() else {
+                        continue;
+                    };
+                    let (at, wall) = (Instant::now(), SystemTime::now());
+                    pending.extend_from_slice(&bytes);
+                    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=end).collect();
+                        let event: Value = serde_json::from_slice(&line).expect("a watch event");
+                        let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                        if kind == "ERROR" {
+                            *failed.lock().unwrap() = Some(format!("watch {path}: {event}"));
                             return;
                         }
-                    };
-                    let mut pending = Vec::new();
-                    loop {
-                        let frame = tokio::select! {
-                            f = body.frame() => f,
-                            _ = &mut stopped => return,
+                        let observed = Observed {
+                            at,
+                            wall,
+                            kind,
+                            object: event["object"].clone(),
                         };
-                        let Some(Ok(frame)) = frame else { break };
-                        let Ok(bytes) = frame.into_data() else { continue };
-                        let (at, wall) = (Instant::now(), SystemTime::now());
-                        pending.extend_from_slice(&bytes);
-                        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = pending.drain(..=end).collect();
-                            let event: Value = serde_json::from_slice(&line).expect("a watch event");
-                            let kind = event["type"].as_str().unwrap_or_default().to_owned();
-                            if kind == "ERROR" {
-                                *failed.lock().unwrap() = Some(format!("watch {path}: {event}"));
-                                return;
-                            }
-                            let observed = Observed { at, wall, kind, object: event["object"].clone() };
-                            from = observed.object["metadata"]["resourceVersion"]
-                                .as_str()
-                                .unwrap()
-                                .to_owned();
-                            sink.lock().unwrap().push(observed);
-                        }
+                        from = observed.object["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                        sink.lock().unwrap().push(observed);
                     }
                 }
-            });
+            }
         });
         Watch {
             events,
@@ -689,47 +658,34 @@ impl Sampler {
         let kubeconfig = cluster.dir.join("kubeconfig");
         let namespaces = namespaces.to_vec();
         let sink = Arc::clone(&samples);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let config = kube::Config::from_custom_kubeconfig(
-                    Kubeconfig::read_from(kubeconfig).unwrap(),
-                    &KubeConfigOptions::default(),
-                )
-                .await
-                .unwrap();
-                let client = Client::try_from(config).unwrap();
-                loop {
-                    for ns in &namespaces {
-                        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-                            Api::namespaced(client.clone(), ns);
-                        let got = tokio::select! {
-                            g = secrets.get_opt(SECRET) => g,
-                            _ = &mut stopped => return,
-                        };
-                        let wall = SystemTime::now();
-                        if let Ok(Some(secret)) = got {
-                            let data = secret.data.unwrap_or_default();
-                            let text = |k: &str| {
-                                data.get(k).map(|v| String::from_utf8(v.0.clone()).unwrap())
-                            };
-                            let expires = text("expires_at")
-                                .and_then(|t| humantime::parse_rfc3339(&t).ok())
-                                .unwrap_or(SystemTime::UNIX_EPOCH);
-                            sink.lock()
-                                .unwrap()
-                                .push((wall, ns.clone(), expires, text("token")));
-                        }
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(every) => {}
+        apart(move || async move {
+            let client = admin_client(&kubeconfig).await;
+            loop {
+                for ns in &namespaces {
+                    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+                        Api::namespaced(client.clone(), ns);
+                    let got = tokio::select! {
+                        g = secrets.get_opt(SECRET) => g,
                         _ = &mut stopped => return,
+                    };
+                    let wall = SystemTime::now();
+                    if let Ok(Some(secret)) = got {
+                        let data = secret.data.unwrap_or_default();
+                        let text =
+                            |k: &str| data.get(k).map(|v| String::from_utf8(v.0.clone()).unwrap());
+                        let expires = text("expires_at")
+                            .and_then(|t| humantime::parse_rfc3339(&t).ok())
+                            .unwrap_or(SystemTime::UNIX_EPOCH);
+                        sink.lock()
+                            .unwrap()
+                            .push((wall, ns.clone(), expires, text("token")));
                     }
                 }
-            });
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = &mut stopped => return,
+                }
+            }
         });
         Sampler {
             samples,
@@ -752,4 +708,31 @@ impl Sampler {
         }
         samples.len()
     }
+}
+
+/// Runs the task `make` returns on a thread and runtime of its own, so it keeps going while the
+/// test's thread blocks on a daemon.
+fn apart<F, Fut>(make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(make());
+    });
+}
+
+/// A client with the control plane's admin kubeconfig.
+async fn admin_client(kubeconfig: &Path) -> Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    Client::try_from(config).unwrap()
 }
