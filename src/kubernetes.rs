@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
+
 /// Where a pod finds its own namespace.
 pub const SERVICE_ACCOUNT_NAMESPACE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -95,6 +97,26 @@ pub fn identity(env: impl Fn(&str) -> Option<String>) -> String {
                 .to_string_lossy()
                 .into_owned()
         })
+}
+
+/// One Secret, by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl SecretRef {
+    /// The reference Events use for it.
+    pub fn object_reference(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            name: Some(self.name.clone()),
+            namespace: Some(self.namespace.clone()),
+            ..ObjectReference::default()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::kubernetes::Pod;
+use crate::kubernetes::{Pod, SecretRef};
 
 /// Kubernetes Events.
 #[derive(clap::Args, Debug)]
@@ -28,25 +28,6 @@ pub const CONTROLLER: &str = "fiskil-token-refresher";
 const QUEUE: usize = 64;
 /// Time allowed for one Event to be published.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A Secret an Event can be about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl SecretRef {
-    fn reference(&self) -> ObjectReference {
-        ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Secret".into()),
-            name: Some(self.name.clone()),
-            namespace: Some(self.namespace.clone()),
-            ..ObjectReference::default()
-        }
-    }
-}
 
 /// A state change worth an Event.
 #[derive(Debug, Clone)]
@@ -199,8 +180,8 @@ impl Regarding {
                 uid: pod.uid.clone(),
                 ..ObjectReference::default()
             }),
-            (None, Some(secret)) => Some(secret.reference()),
-            (None, None) => self.fallback.as_ref().map(SecretRef::reference),
+            (None, Some(secret)) => Some(secret.object_reference()),
+            (None, None) => self.fallback.as_ref().map(SecretRef::object_reference),
         }
     }
 }
@@ -227,7 +208,7 @@ pub fn start(
                 continue;
             };
             if regarding.pod.is_some() {
-                event.secondary = happening.secret().map(SecretRef::reference);
+                event.secondary = happening.secret().map(SecretRef::object_reference);
             }
             let published =
                 tokio::time::timeout(PUBLISH_TIMEOUT, recorder.publish(&event, &reference)).await;
@@ -273,8 +254,14 @@ mod tests {
             pod: None,
             fallback: Some(fallback.clone()),
         };
-        assert_eq!(without_pod.reference(&failed), Some(secret.reference()));
-        assert_eq!(without_pod.reference(&rejected), Some(fallback.reference()));
+        assert_eq!(
+            without_pod.reference(&failed),
+            Some(secret.object_reference())
+        );
+        assert_eq!(
+            without_pod.reference(&rejected),
+            Some(fallback.object_reference())
+        );
         let with_pod = Regarding {
             pod: Some(Pod {
                 name: "writer-0".into(),

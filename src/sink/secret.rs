@@ -13,9 +13,8 @@ use secrecy::ExposeSecret;
 
 use crate::cli::dns_name;
 use crate::fiskil::Token;
-use crate::fleet::events::SecretRef;
 use crate::fleet::lease::Term;
-use crate::kubernetes::Kube;
+use crate::kubernetes::{Kube, SecretRef};
 
 /// The field manager that owns the keys this program writes.
 pub const FIELD_MANAGER: &str = "fiskil-token-refresher";
