@@ -12,17 +12,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{PostParams, WatchEvent, WatchParams};
+use kube::api::{WatchEvent, WatchParams};
 use kube::config::Kubeconfig;
 use kube::Api;
 use support::cluster::{eventually, Cluster, SECRET};
+use support::fleet::Fleet;
 use support::{Daemon, Fixture};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const LEASE: &str = "fiskil-token-refresher";
 
 /// A loopback TCP relay to the API server that stops moving bytes while frozen.
 struct Relay {
@@ -86,51 +83,6 @@ async fn pump(
     }
 }
 
-/// Lets the test's ServiceAccount compete for the Lease, as the README documents.
-async fn grant_lease(cluster: &Cluster, namespace: &str) {
-    let roles: Api<Role> = Api::namespaced(cluster.admin.clone(), namespace);
-    let rule = |names: Option<Vec<String>>, verbs: &[&str]| PolicyRule {
-        api_groups: Some(vec!["coordination.k8s.io".into()]),
-        resources: Some(vec!["leases".into()]),
-        resource_names: names,
-        verbs: verbs.iter().map(|v| v.to_string()).collect(),
-        ..PolicyRule::default()
-    };
-    let role = Role {
-        metadata: ObjectMeta {
-            name: Some("lease".into()),
-            ..ObjectMeta::default()
-        },
-        rules: Some(vec![
-            rule(Some(vec![LEASE.into()]), &["get", "update", "watch"]),
-            rule(None, &["create"]),
-        ]),
-    };
-    roles.create(&PostParams::default(), &role).await.unwrap();
-    let bindings: Api<RoleBinding> = Api::namespaced(cluster.admin.clone(), namespace);
-    let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some("lease".into()),
-            ..ObjectMeta::default()
-        },
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: "lease".into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: "refresher".into(),
-            namespace: Some(namespace.into()),
-            ..Subject::default()
-        }]),
-    };
-    bindings
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
-}
-
 /// Every version of the Secret as the API server ordered them: (writer, term) annotations.
 fn watch_secret_writers(
     cluster: &Cluster,
@@ -164,25 +116,6 @@ fn watch_secret_writers(
     seen
 }
 
-fn writer_args(fixture: &Fixture, namespace: &str) -> Vec<String> {
-    let mut args = fixture.base_args();
-    let file = args.iter().position(|a| a == "--token-file").unwrap();
-    args.drain(file..file + 2);
-    args.extend(
-        [
-            "--secret",
-            &format!("{namespace}/{SECRET}"),
-            "--leader-elect",
-            "--lease-duration",
-            "4s",
-            "--request-timeout",
-            "2s",
-        ]
-        .map(String::from),
-    );
-    args
-}
-
 fn role(daemon: &mut Daemon) -> String {
     let (_, body) = daemon.get("/readyz");
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -196,10 +129,11 @@ fn role(daemon: &mut Daemon) -> String {
 async fn a_cut_off_leader_steps_down_and_never_writes_in_the_next_term() {
     let cluster = Cluster::connect().await;
     let fixture = Fixture::new("partition", 600);
-    let (namespace, kubeconfig) = cluster
-        .namespace_with_identity("partition", fixture.dir.path())
-        .await;
-    grant_lease(&cluster, &namespace).await;
+    // A ServiceAccount holding only the documented Roles: the Lease, Events, the one Secret.
+    let fleet = Fleet::create(&cluster, "partition", fixture.dir.path(), 1).await;
+    fleet.grant(0).await;
+    let namespace = fleet.targets[0].clone();
+    let kubeconfig = fleet.kubeconfig.clone();
     let writers = watch_secret_writers(&cluster, &namespace);
 
     let mut config = Kubeconfig::read_from(&kubeconfig).unwrap();
@@ -220,7 +154,16 @@ async fn a_cut_off_leader_steps_down_and_never_writes_in_the_next_term() {
     let relayed = fixture.dir.path().join("relayed-kubeconfig");
     std::fs::write(&relayed, serde_json::to_vec(&config).unwrap()).unwrap();
 
-    let args = writer_args(&fixture, &namespace);
+    let args = fleet.writer_args(
+        &fixture,
+        &[
+            "--leader-elect",
+            "--lease-duration",
+            "4s",
+            "--request-timeout",
+            "2s",
+        ],
+    );
     let mut a = Daemon::spawn(
         &args,
         &[
@@ -318,8 +261,8 @@ async fn a_cut_off_leader_steps_down_and_never_writes_in_the_next_term() {
     assert!(terms.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
     assert!(seen[first_b].1 > seen[0].1, "a new term: {seen:?}");
 
-    let leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), &namespace);
-    let lease = leases.get(LEASE).await.unwrap().spec.unwrap();
+    let leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), &fleet.home);
+    let lease = leases.get(&fleet.lease).await.unwrap().spec.unwrap();
     assert_eq!(lease.holder_identity.as_deref(), Some("writer-b"));
     assert_eq!(lease.lease_transitions, Some(seen[first_b].1));
     assert_eq!(role(&mut a), "follower");
