@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +36,7 @@ use fleet::events::{Events, Regarding};
 use fleet::lease::{Elector, Leadership};
 use kubernetes::{Kube, KubeSetupError, Pod};
 use metrics::Metrics;
-use refresher::{OnceError, Refresher};
+use refresher::{OnceError, RefreshRequests, Refresher};
 use sink::{file::FileError, secret::SecretSink, Output, OutputError};
 use status::{OutputStatus, Status};
 
@@ -118,8 +118,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     );
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let refresh_now = Arc::new(Notify::new());
-    signals::install(shutdown.clone(), Arc::clone(&refresh_now)).map_err(Error::Signals)?;
+    let requests = Arc::new(RefreshRequests::default());
+    signals::install(shutdown.clone(), Arc::clone(&requests)).map_err(Error::Signals)?;
     let identity = kubernetes::identity(env);
     let leadership = match &config.election {
         Some(election) => Leadership::elected(election.duration),
@@ -145,7 +145,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             tokens,
             status,
             metrics: Arc::clone(&metrics),
-            refresh_now,
+            requests,
             leadership: Arc::clone(&leadership),
             events: Events::default(),
         };
@@ -175,7 +175,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 .find(|output| output.name == "file")
                 .zip(config.file.as_ref())
                 .map(|(output, file)| (Arc::clone(output), file.path.clone())),
-            refresh_now: Arc::clone(&refresh_now),
+            requests: Arc::clone(&requests),
             http: config.http.clone(),
             metrics: Arc::clone(&metrics),
             shutdown: shutdown.clone(),
@@ -256,7 +256,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         tokens,
         status: Arc::clone(&status),
         metrics,
-        refresh_now,
+        requests,
         leadership: Arc::clone(&leadership),
         events,
     }

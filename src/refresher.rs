@@ -37,6 +37,41 @@ impl OnceArgs {
     }
 }
 
+/// Asks the refresh loop for a token ahead of its schedule (SIGHUP, a 401 at the proxy), and
+/// tells askers when the loop answered without a new token: the request came sooner than
+/// `--min-refresh-interval` or the endpoint's `Retry-After` allow, or the request failed.
+#[derive(Debug)]
+pub struct RefreshRequests {
+    wake: Notify,
+    declined: watch::Sender<u64>,
+}
+
+impl Default for RefreshRequests {
+    fn default() -> Self {
+        RefreshRequests {
+            wake: Notify::new(),
+            declined: watch::channel(0).0,
+        }
+    }
+}
+
+impl RefreshRequests {
+    /// Asks for a refresh; requests made before the loop takes one fold into it.
+    pub fn request(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Changes each time the loop answers a request without a new token.
+    pub fn declined(&self) -> watch::Receiver<u64> {
+        self.declined.subscribe()
+    }
+
+    fn decline(&self) {
+        self.declined
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+}
+
 /// What the loop needs from the rest of the daemon.
 pub struct Refresher {
     pub client: TokenClient,
@@ -45,8 +80,8 @@ pub struct Refresher {
     pub tokens: watch::Sender<Option<Arc<Token>>>,
     pub status: Arc<Status>,
     pub metrics: Arc<Metrics>,
-    /// Notified on SIGHUP: refresh now.
-    pub refresh_now: Arc<Notify>,
+    /// Early refresh requests: SIGHUP, a 401 at the proxy.
+    pub requests: Arc<RefreshRequests>,
     /// Whether this replica may request tokens.
     pub leadership: Arc<Leadership>,
     pub events: Events,
@@ -57,6 +92,14 @@ pub struct Refresher {
 enum Alarm {
     Rejected,
     ExpiringSoon,
+}
+
+/// The last token request: when it was sent, and how it failed, if it did.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: std::time::Instant,
+    wall: SystemTime,
+    failure: Option<Failure>,
 }
 
 /// The newest token's expiry and lifetime.
@@ -108,6 +151,9 @@ impl Refresher {
         let mut newest: Option<Newest> = None;
         let mut alarm: Option<Alarm> = None;
         let mut watching = true;
+        let mut last: Option<Sent> = None;
+        // Whether an early request was already folded into the next allowed one (logged once).
+        let mut folded = false;
         loop {
             let wake = due.wake_at(std::time::Instant::now());
             tokio::select! {
@@ -124,8 +170,14 @@ impl Refresher {
                         continue;
                     }
                     failures = 0;
+                    if self.fold(&mut due, last, "the credentials changed", &mut folded) {
+                        continue;
+                    }
                 }
-                () = self.refresh_now.notified() => {
+                () = self.requests.wake.notified() => {
+                    if self.fold(&mut due, last, "SIGHUP or a 401 at the proxy", &mut folded) {
+                        continue;
+                    }
                     tracing::info!("refresh requested (SIGHUP or a 401 at the proxy); refreshing the token now");
                 }
             }
@@ -141,6 +193,12 @@ impl Refresher {
             };
             self.metrics
                 .observe_refresh(result_label(&result), sent.elapsed().as_secs_f64());
+            last = Some(Sent {
+                at: sent,
+                wall: sent_wall,
+                failure: result.as_ref().err().map(ExchangeError::failure),
+            });
+            folded = false;
             let delay = match result {
                 Ok(token) => {
                     if alarm.take().is_some() {
@@ -166,6 +224,7 @@ impl Refresher {
                         self.timing
                             .retry_delay(failures, e.failure(), held, rand::random());
                     log_failure(&e, failures, delay);
+                    self.requests.decline();
                     sent.elapsed() + delay
                 }
             };
@@ -173,6 +232,35 @@ impl Refresher {
             self.status.set_next_refresh_at(due.wall);
             self.metrics.set_next_refresh(due.wall);
         }
+    }
+
+    /// Folds a request for an early refresh into the next allowed one when the last request
+    /// was too recent (`--min-refresh-interval`, or the endpoint's `Retry-After`): moves `due`
+    /// no later than that, logs once per request, and returns true. Returns false when a
+    /// request may be sent now.
+    fn fold(&self, due: &mut Due, last: Option<Sent>, why: &str, folded: &mut bool) -> bool {
+        let Some(last) = last else {
+            return false;
+        };
+        let allowed = Due::after(last.at, last.wall, self.timing.request_floor(last.failure));
+        if allowed.reached(std::time::Instant::now(), SystemTime::now()) {
+            return false;
+        }
+        if allowed.at < due.at {
+            *due = allowed;
+            self.status.set_next_refresh_at(due.wall);
+            self.metrics.set_next_refresh(due.wall);
+        }
+        if !*folded {
+            *folded = true;
+            tracing::info!(
+                requested_by = why,
+                next_refresh_at = %humantime::format_rfc3339_millis(due.wall),
+                "refresh requested sooner than --min-refresh-interval or the endpoint's Retry-After allow; it waits for the next allowed request"
+            );
+        }
+        self.requests.decline();
+        true
     }
 
     /// Publishes an Event when a failure starts a new alarm: rejected credentials, or a token

@@ -26,7 +26,8 @@ pub struct TimingArgs {
     )]
     pub refresh_jitter: f64,
 
-    /// Never refresh sooner than this after the previous request (guards tiny lifetimes)
+    /// Never send a token request sooner than this after the previous one: guards tiny
+    /// lifetimes, and SIGHUP, rotated credentials and the proxy's 401s wait for it
     #[arg(long, env = "FISKIL_MIN_REFRESH_INTERVAL", value_name = "DURATION",
           default_value = "1s", value_parser = positive_duration)]
     pub min_refresh_interval: Duration,
@@ -220,6 +221,20 @@ impl Timing {
     }
 }
 
+impl Timing {
+    /// How long after a request the next one may be sent when something asks for a refresh
+    /// early (SIGHUP, rotated credentials, a 401 at the proxy): `min_interval`, or what the
+    /// endpoint asked for with `Retry-After` (capped at `backoff_max`, as for retries).
+    pub fn request_floor(&self, last: Option<Failure>) -> Duration {
+        match last {
+            Some(Failure::Transient {
+                retry_after: Some(wait),
+            }) => self.min_interval.max(wait.min(self.backoff_max)),
+            _ => self.min_interval,
+        }
+    }
+}
+
 /// Parses a `Retry-After` header value: delay-seconds or an HTTP date (relative to `now`).
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -290,6 +305,28 @@ mod tests {
                 left: Duration::from_secs(1)
             }
         );
+    }
+
+    #[test]
+    fn early_requests_wait_the_minimum_interval_and_retry_after() {
+        assert_eq!(TIMING.request_floor(None), Duration::from_secs(1));
+        assert_eq!(
+            TIMING.request_floor(Some(Failure::Rejected)),
+            Duration::from_secs(1)
+        );
+        let asked = |secs| Failure::Transient {
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        assert_eq!(
+            TIMING.request_floor(Some(asked(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            TIMING.request_floor(Some(asked(300))),
+            Duration::from_secs(60),
+            "Retry-After is capped at --backoff-max, as for retries"
+        );
+        assert_eq!(TIMING.request_floor(Some(asked(0))), Duration::from_secs(1));
     }
 
     #[test]

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::refresher::RefreshRequests;
+
 /// Installs the handlers; fails only if the runtime cannot register them.
-pub fn install(shutdown: CancellationToken, refresh_now: Arc<Notify>) -> std::io::Result<()> {
+pub fn install(shutdown: CancellationToken, requests: Arc<RefreshRequests>) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -18,7 +19,7 @@ pub fn install(shutdown: CancellationToken, refresh_now: Arc<Notify>) -> std::io
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
                 _ = hup.recv() => {
-                    refresh_now.notify_one();
+                    requests.request();
                     continue;
                 }
             };

@@ -604,3 +604,119 @@ fn secret_applies_are_bounded_never_retried_behind_the_outputs_back_and_follow_k
     assert!(fixture.read_token().is_some());
     fixture.assert_logs_clean(&daemon);
 }
+
+fn token_requests(fixture: &Fixture) -> usize {
+    fixture
+        .stand_in
+        .seen()
+        .iter()
+        .filter(|s| s.path == fiskil_stand_in::TOKEN_PATH)
+        .count()
+}
+
+#[test]
+fn a_storm_of_sighups_sends_one_token_request_per_min_refresh_interval() {
+    let fixture = Fixture::new("sighup-storm", 900);
+    let daemon = fixture.spawn(&["--min-refresh-interval", "30s"]);
+    wait_for(Duration::from_secs(10), "the first token", || {
+        fixture.read_token().is_some()
+    });
+    for _ in 0..50 {
+        daemon.signal("HUP");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = token_requests(&fixture);
+    assert!(
+        sent <= 2,
+        "{sent} token requests after 50 SIGHUPs within --min-refresh-interval 30s"
+    );
+    wait_for(Duration::from_secs(10), "the folded request logged", || {
+        daemon.logs_contain("it waits for the next allowed request")
+    });
+    let folded = daemon
+        .logs()
+        .iter()
+        .filter(|l| l.contains("it waits for the next allowed request"))
+        .count();
+    assert_eq!(folded, 1, "one log line for all the folded requests");
+    fixture.assert_logs_clean(&daemon);
+}
+
+/// A thread of the daemon other than its main one, from /proc.
+fn daemon_thread(daemon: &Daemon) -> Option<u32> {
+    std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .find(|tid| *tid != daemon.pid())
+}
+
+#[test]
+fn a_pid_file_naming_a_thread_of_the_daemon_is_refused() {
+    let fixture = Fixture::new("pid-own-thread", 900);
+    let pid_file = fixture.dir.path().join("app.pid");
+    let daemon = fixture.spawn(&[
+        "--notify-signal",
+        "HUP",
+        "--notify-pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    wait_for(Duration::from_secs(10), "the first token", || {
+        fixture.read_token().is_some()
+    });
+    let mut thread = None;
+    wait_for(
+        Duration::from_secs(10),
+        "a second thread in the daemon",
+        || {
+            thread = daemon_thread(&daemon);
+            thread.is_some()
+        },
+    );
+    std::fs::write(&pid_file, format!("{}\n", thread.unwrap())).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.signal("HUP");
+    std::thread::sleep(Duration::from_secs(5));
+    let sent = token_requests(&fixture);
+    assert!(
+        sent <= 3,
+        "{sent} token requests: the daemon signalled itself into a refresh loop"
+    );
+    wait_for(Duration::from_secs(10), "the refusal", || {
+        daemon.logs_contain("the pid file names this daemon itself")
+    });
+    fixture.assert_logs_clean(&daemon);
+}
+
+#[test]
+fn a_fifo_as_the_pid_file_never_freezes_the_daemon() {
+    let fixture = Fixture::new("pid-fifo", 900);
+    let fifo = fixture.dir.path().join("app.pid");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    let mut daemon = fixture.spawn(&[
+        "--notify-signal",
+        "HUP",
+        "--notify-pid-file",
+        fifo.to_str().unwrap(),
+    ]);
+    wait_for(Duration::from_secs(10), "the first token", || {
+        fixture.read_token().is_some()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let first = fixture.read_token();
+    for _ in 0..8 {
+        assert_eq!(daemon.get("/healthz").0, 200, "the daemon answers probes");
+    }
+    wait_for(Duration::from_secs(10), "the refusal", || {
+        daemon.logs_contain("the pid file is not a regular file")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.signal("HUP");
+    wait_for(Duration::from_secs(10), "a refresh after SIGHUP", || {
+        fixture.read_token() != first
+    });
+    fixture.assert_logs_clean(&daemon);
+}

@@ -122,7 +122,7 @@ fn token_endpoint_answers_the_current_token_on_loopback_only() {
     ]);
     let addr = listening(&daemon, "--token-listen");
 
-    let (status, headers, body) = request(addr, "GET /token HTTP/1.1\r\nHost: x");
+    let (status, headers, body) = request(addr, "GET /token HTTP/1.1\r\nHost: 127.0.0.1");
     assert_eq!(status, 503, "{body}");
     assert_eq!(header(&headers, "cache-control"), Some("no-store"));
     let error: Value = serde_json::from_str(&body).unwrap();
@@ -138,7 +138,7 @@ fn token_endpoint_answers_the_current_token_on_loopback_only() {
         fixture.read_token().is_some()
     });
     let issued = fixture.stand_in.issued()[0].clone();
-    let (status, headers, body) = request(addr, "GET /token HTTP/1.1\r\nHost: x");
+    let (status, headers, body) = request(addr, "GET /token HTTP/1.1\r\nHost: 127.0.0.1");
     assert_eq!(status, 200);
     assert_eq!(body, issued, "text/plain, without a newline");
     assert_eq!(header(&headers, "cache-control"), Some("no-store"));
@@ -148,7 +148,7 @@ fn token_endpoint_answers_the_current_token_on_loopback_only() {
 
     let (status, headers, body) = request(
         addr,
-        "GET /token HTTP/1.1\r\nHost: x\r\nAccept: application/json",
+        "GET /token HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json",
     );
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "content-type"), Some("application/json"));
@@ -158,7 +158,7 @@ fn token_endpoint_answers_the_current_token_on_loopback_only() {
     assert!((800..=900).contains(&expires_in), "{expires_in}");
     assert!(json["expires_at"].as_str().unwrap().ends_with('Z'));
 
-    let (status, _, _) = request(addr, "GET /metrics HTTP/1.1\r\nHost: x");
+    let (status, _, _) = request(addr, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1");
     assert_eq!(status, 404, "the token endpoint serves /token only");
     fixture.assert_logs_clean(&daemon);
 
@@ -808,5 +808,156 @@ fn proxy_refreshes_once_on_401_and_retries_python_clients() {
     });
     assert_eq!(token_requests(&fixture), before + 1);
     daemon.wait_log("the upstream answered 401");
+    fixture.assert_logs_clean(&daemon);
+}
+
+fn token_requests(fixture: &Fixture) -> usize {
+    fixture
+        .stand_in
+        .seen()
+        .iter()
+        .filter(|s| s.path == fiskil_stand_in::TOKEN_PATH)
+        .count()
+}
+
+/// The time one request takes, with its status.
+fn timed(addr: SocketAddr, head: &str) -> (u16, Duration) {
+    let started = std::time::Instant::now();
+    let (status, _, _) = request(addr, head);
+    (status, started.elapsed())
+}
+
+#[test]
+fn names_other_than_loopback_get_no_token_dns_rebinding() {
+    let fixture = Fixture::new("rebinding", 900);
+    fixture.stand_in.enable_api();
+    let daemon = fixture.spawn(&[
+        "--token-listen",
+        "127.0.0.1:0",
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--proxy-upstream",
+        &fixture.stand_in.api_url(),
+    ]);
+    let token = listening(&daemon, "--token-listen");
+    let proxy = listening(&daemon, "--proxy-listen");
+    wait_for(Duration::from_secs(10), "a token", || {
+        fixture.read_token().is_some()
+    });
+    let issued = fixture.stand_in.issued()[0].clone();
+    for host in [
+        "evil.example",
+        "evil.example:80",
+        "127.0.0.1.nip.io",
+        "10.0.0.1",
+    ] {
+        let (status, _, body) = request(token, &format!("GET /token HTTP/1.1\r\nHost: {host}"));
+        assert_eq!(status, 403, "{host}: {body}");
+        assert!(body.contains("DNS rebinding"), "{body}");
+        assert!(!body.contains(&issued), "no token for {host}");
+    }
+    let (status, _, body) = request(
+        token,
+        "GET /token HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example",
+    );
+    assert_eq!(status, 403, "two Host headers: {body}");
+    for host in [
+        format!("localhost:{}", token.port()),
+        format!("127.0.0.1:{}", token.port()),
+    ] {
+        let (status, _, body) = request(token, &format!("GET /token HTTP/1.1\r\nHost: {host}"));
+        assert_eq!((status, body.as_str()), (200, issued.as_str()), "{host}");
+    }
+
+    let reached = fixture.stand_in.api_seen().len();
+    let (status, _, body) = request(proxy, "GET /echo/x HTTP/1.1\r\nHost: evil.example");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        fixture.stand_in.api_seen().len(),
+        reached,
+        "a request for another name never reaches the upstream with the token"
+    );
+    let (status, _, body) = request(
+        proxy,
+        &format!("GET /echo/x HTTP/1.1\r\nHost: localhost:{}", proxy.port()),
+    );
+    assert_eq!(status, 200, "{body}");
+    fixture.assert_logs_clean(&daemon);
+}
+
+#[test]
+fn a_401_while_the_token_endpoint_is_limited_never_stalls_the_client() {
+    let fixture = Fixture::new("proxy-401-stall", 900);
+    let (daemon, addr) = proxy_daemon(&fixture);
+    wait_for(Duration::from_secs(10), "a token", || {
+        fixture.read_token().is_some()
+    });
+    // --min-refresh-interval (1 s) has passed since the first token, so the 401 may ask.
+    std::thread::sleep(Duration::from_millis(1500));
+    fixture.stand_in.revoke_all();
+    fixture.stand_in.set_default(Behaviour::RetryAfter {
+        status: 429,
+        value: "300".to_owned(),
+    });
+    let get = "GET /echo/a HTTP/1.1\r\nHost: 127.0.0.1";
+    let (status, first) = timed(addr, get);
+    assert_eq!(status, 401);
+    wait_for(
+        Duration::from_secs(10),
+        "the refresh the 401 asked for",
+        || token_requests(&fixture) == 2,
+    );
+    // The refresh failed with Retry-After: later requests on the same token do not wait.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let (status, took) = timed(addr, get);
+        assert_eq!(status, 401);
+        slowest = slowest.max(took);
+    }
+    assert!(
+        first < Duration::from_secs(10),
+        "the first 401 came back after {first:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "a later 401 on the same token waited {slowest:?}; it should pass straight back"
+    );
+    assert_eq!(
+        token_requests(&fixture),
+        2,
+        "Retry-After: 300 is obeyed: no further token request"
+    );
+    fixture.assert_logs_clean(&daemon);
+}
+
+#[test]
+fn an_upstream_that_always_answers_401_is_asked_for_new_tokens_ever_more_rarely() {
+    let fixture = Fixture::new("proxy-401-always", 900);
+    let (daemon, addr) = proxy_daemon(&fixture);
+    wait_for(Duration::from_secs(10), "a token", || {
+        fixture.read_token().is_some()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    fixture.stand_in.refuse_all_tokens();
+    let before = token_requests(&fixture);
+    // 25 s of requests: new tokens may be asked for at 0, 5 and 15 s (backoff 5 s, doubling);
+    // one every 5 s would be 6.
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(25) {
+        let (status, _, _) = request(
+            addr,
+            "POST /echo/a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0",
+        );
+        assert_eq!(status, 401);
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let asked = token_requests(&fixture) - before;
+    println!("{asked} token requests for {answered} requests answered 401 in 25 s");
+    assert!(
+        (1..=4).contains(&asked),
+        "{asked} token requests for {answered} requests answered 401 in 25 s"
+    );
     fixture.assert_logs_clean(&daemon);
 }

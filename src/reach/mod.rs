@@ -4,18 +4,21 @@ pub mod notify;
 pub mod proxy;
 pub mod token_endpoint;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use hyper::header::HOST;
+use hyper::Request;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::fiskil::HttpSettings;
 use crate::fiskil::{ClientError, Token};
 use crate::metrics::Metrics;
+use crate::refresher::RefreshRequests;
 use crate::status::OutputStatus;
 
 /// The flags of every way to reach an application; each is off unless given.
@@ -81,6 +84,57 @@ pub fn check_loopback(
     }
 }
 
+/// What a request that names another host is told: no token for it.
+pub const NOT_LOOPBACK_HOST: &str = "the Host header must name a loopback address (127.0.0.1, [::1] or localhost); other names are refused as a guard against DNS rebinding";
+
+/// Whether a request was addressed to a loopback host: its `Host` header (and an absolute-form
+/// target, if any) names `localhost` or a loopback address. A browser or a request library
+/// steered to the listener through a name that resolves to 127.0.0.1 (DNS rebinding) sends
+/// that name instead, and gets no token. A request without `Host` (HTTP/1.0) passes; two do not.
+pub fn addressed_to_loopback<B>(request: &Request<B>) -> bool {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let header_ok = match (hosts.next(), hosts.next()) {
+        (None, _) => true,
+        (Some(host), None) => host.to_str().is_ok_and(is_loopback_host),
+        (Some(_), Some(_)) => false,
+    };
+    header_ok
+        && request
+            .uri()
+            .authority()
+            .is_none_or(|authority| is_loopback_host(authority.as_str()))
+}
+
+/// Whether `host[:port]` names `localhost`, a 127.0.0.0/8 address or `[::1]`.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) => {
+                return v6.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback())
+                    && (port.is_empty() || valid_port(port.strip_prefix(':')));
+            }
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    if port.is_some() && !valid_port(port) {
+        return false;
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() && ip.is_ipv4())
+}
+
+fn valid_port(port: Option<&str>) -> bool {
+    port.is_some_and(|port| port.parse::<u16>().is_ok())
+}
+
 /// Why a configured feature could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ReachStartError {
@@ -100,7 +154,7 @@ pub struct Inputs {
     /// The file output's status and path, when there is a file: notifications follow its writes.
     pub file: Option<(Arc<OutputStatus>, PathBuf)>,
     /// Asks the refresh loop for a token now (the proxy uses it after an upstream 401).
-    pub refresh_now: Arc<Notify>,
+    pub requests: Arc<RefreshRequests>,
     pub http: HttpSettings,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
@@ -138,7 +192,7 @@ pub async fn start(reach: Reach, inputs: Inputs) -> Result<(), ReachStartError> 
             &config,
             &inputs.http,
             inputs.tokens.clone(),
-            Arc::clone(&inputs.refresh_now),
+            Arc::clone(&inputs.requests),
             Arc::clone(&inputs.metrics),
         )?;
         tokio::spawn(proxy::serve(
@@ -157,4 +211,68 @@ async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, Reach
     let bound = listener.local_addr().unwrap_or(addr);
     tracing::info!(flag, listen = %bound, "listening");
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(hosts: &[&str], target: &str) -> Request<()> {
+        let mut builder = Request::builder().uri(target);
+        for host in hosts {
+            builder = builder.header(HOST, *host);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_loopback_hosts_are_served() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:1",
+            "localhost",
+            "LOCALHOST:9000",
+            "localhost.:9000",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(
+                addressed_to_loopback(&request(&[host], "/token")),
+                "{host} is loopback"
+            );
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "10.0.0.1",
+            "0.0.0.0",
+            "[::]:80",
+            "[::ffff:127.0.0.1]",
+            "127.0.0.1:notaport",
+            "127.0.0.1:99999",
+            "[::1",
+            "",
+        ] {
+            assert!(
+                !addressed_to_loopback(&request(&[host], "/token")),
+                "{host:?} is refused"
+            );
+        }
+        assert!(addressed_to_loopback(&request(&[], "/token")), "HTTP/1.0");
+        assert!(!addressed_to_loopback(&request(
+            &["127.0.0.1", "evil.example"],
+            "/token"
+        )));
+        assert!(!addressed_to_loopback(&request(
+            &["127.0.0.1"],
+            "http://evil.example/token"
+        )));
+        assert!(addressed_to_loopback(&request(
+            &["127.0.0.1"],
+            "http://127.0.0.1:80/token"
+        )));
+    }
 }

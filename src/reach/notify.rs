@@ -1,5 +1,7 @@
 //! Notifications after each new token: a JSON `POST` to URLs, a signal to a pid-file process.
 
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,6 +26,13 @@ const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_secs(1),
     Duration::from_secs(4),
 ];
+
+/// The most read of a pid file: a pid, a newline and some spaces.
+const PID_FILE_MAX: u64 = 32;
+/// The most read of `/proc/PID/status` to find the process the pid belongs to.
+const PROC_STATUS_MAX: u64 = 4096;
+/// Time allowed to read the pid file and signal (a file on an unresponsive volume).
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The notification flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -238,7 +247,7 @@ async fn watch_tokens(
                 file: path.clone(),
             };
             if let Some(signal) = &mut signal {
-                let ok = signal.send();
+                let ok = signal.send().await;
                 metrics.observe_notify("signal", ok);
             }
             for sender in &senders {
@@ -345,9 +354,22 @@ impl Signaller {
         }
     }
 
-    /// Sends the signal; a failure is a warning when it differs from the previous outcome.
-    fn send(&mut self) -> bool {
-        let result = signal_pid_file(self.name, &self.pid_file);
+    /// Sends the signal, reading the pid file off the async runtime and within
+    /// [`SIGNAL_TIMEOUT`]; a failure is a warning when it differs from the previous outcome.
+    async fn send(&mut self) -> bool {
+        let (name, path) = (self.name, self.pid_file.clone());
+        let result = match tokio::time::timeout(
+            SIGNAL_TIMEOUT,
+            tokio::task::spawn_blocking(move || signal_pid_file(name, &path)),
+        )
+        .await
+        {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("reading the pid file failed".to_owned()),
+            Err(_) => Err(format!(
+                "reading the pid file took over {SIGNAL_TIMEOUT:?}; is its volume responsive?"
+            )),
+        };
         let state = match &result {
             Ok(_) => SignalState::Sent,
             Err(reason) => SignalState::Failed(reason.clone()),
@@ -372,25 +394,8 @@ impl Signaller {
 
 /// Reads the pid and signals it; the error says what to fix.
 fn signal_pid_file(name: SignalName, path: &Path) -> Result<i32, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(
-                "the pid file does not exist (is the process running and the volume shared?)"
-                    .to_owned(),
-            )
-        }
-        Err(e) => return Err(format!("cannot read the pid file: {e}")),
-    };
-    let pid = text
-        .trim()
-        .parse::<i32>()
-        .ok()
-        .filter(|pid| *pid > 0)
-        .ok_or_else(|| "the pid file does not hold a process id".to_owned())?;
-    if pid == std::process::id() as i32 {
-        return Err("the pid file names this daemon itself".to_owned());
-    }
+    let pid = read_pid(path)?;
+    check_target(pid, std::process::id())?;
     let target =
         Pid::from_raw(pid).ok_or_else(|| "the pid file does not hold a process id".to_owned())?;
     match rustix::process::kill_process(target, name.signal()) {
@@ -403,6 +408,71 @@ fn signal_pid_file(name: SignalName, path: &Path) -> Result<i32, String> {
         )),
         Err(e) => Err(format!("cannot signal process {pid}: {e}")),
     }
+}
+
+/// Reads the pid from a regular file: a FIFO, a device or a directory is refused before it is
+/// opened, the open never blocks, and at most [`PID_FILE_MAX`] bytes are read.
+fn read_pid(path: &Path) -> Result<i32, String> {
+    const NOT_REGULAR: &str = "the pid file is not a regular file (a FIFO, device or directory); point --notify-pid-file at the file the process writes its pid to";
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(
+                "the pid file does not exist (is the process running and the volume shared?)"
+                    .to_owned(),
+            )
+        }
+        Err(e) => return Err(format!("cannot read the pid file: {e}")),
+    };
+    if !metadata.is_file() {
+        return Err(NOT_REGULAR.to_owned());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read the pid file: {e}"))?;
+    // The path may have been swapped for something else since it was checked.
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(NOT_REGULAR.to_owned());
+    }
+    let mut text = Vec::new();
+    file.take(PID_FILE_MAX)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("cannot read the pid file: {e}"))?;
+    std::str::from_utf8(&text)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| "the pid file does not hold a process id".to_owned())
+}
+
+/// Refuses pids the daemon must never signal: PID 1 (the pod's first process; with a shared
+/// process namespace, the pause container, which ends the pod), and this daemon or any of its
+/// threads (a thread id signals the whole process: every token would then ask for the next).
+fn check_target(pid: i32, own: u32) -> Result<(), String> {
+    if pid <= 1 {
+        return Err(format!(
+            "the pid file names process {pid}, the pod's first process; signalling it is refused"
+        ));
+    }
+    if u32::try_from(pid).is_ok_and(|pid| pid == own) || thread_group(pid) == Some(own) {
+        return Err("the pid file names this daemon itself".to_owned());
+    }
+    Ok(())
+}
+
+/// The process (thread group) that the thread `pid` belongs to, from `/proc/PID/status`.
+fn thread_group(pid: i32) -> Option<u32> {
+    let file = std::fs::File::open(format!("/proc/{pid}/status")).ok()?;
+    let mut status = String::new();
+    file.take(PROC_STATUS_MAX)
+        .read_to_string(&mut status)
+        .ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|tgid| tgid.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -497,5 +567,67 @@ mod tests {
         let err = signal_pid_file(SignalName::parse("HUP").unwrap(), &own).unwrap_err();
         assert!(err.contains("itself"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_few_bytes_of_a_regular_file_are_read() {
+        let dir = std::env::temp_dir().join(format!("fiskil-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo.pid");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(read_pid(&fifo).unwrap_err().contains("not a regular file"));
+        let zero = dir.join("zero.pid");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(read_pid(&zero).unwrap_err().contains("not a regular file"));
+        assert!(read_pid(&dir).unwrap_err().contains("not a regular file"));
+        let sparse = dir.join("sparse.pid");
+        std::fs::File::create(&sparse)
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        assert!(read_pid(&sparse)
+            .unwrap_err()
+            .contains("does not hold a process id"));
+        let good = dir.join("good.pid");
+        std::fs::write(&good, " 4242\n").unwrap();
+        assert_eq!(read_pid(&good), Ok(4242));
+        let link = dir.join("link.pid");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        assert_eq!(read_pid(&link), Ok(4242));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pid_1_and_the_daemons_own_threads_are_refused() {
+        let own = std::process::id();
+        assert!(check_target(1, own).unwrap_err().contains("first process"));
+        assert!(check_target(0, own).is_err());
+        assert!(check_target(-5, own).is_err());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let link = std::fs::read_link("/proc/thread-self").unwrap();
+            let tid: i32 = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            tx.send(tid).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert_ne!(u32::try_from(tid).unwrap(), own);
+        assert!(check_target(tid, own).unwrap_err().contains("itself"));
+        drop(done_tx);
+        thread.join().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let child_pid = i32::try_from(child.id()).unwrap();
+        assert_eq!(check_target(child_pid, own), Ok(()));
+        let mut child = child;
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

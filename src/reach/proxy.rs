@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -28,12 +28,17 @@ use crate::cli::is_loopback_url;
 use crate::fiskil::HttpSettings;
 use crate::fiskil::{error_chain, ClientError, Token};
 use crate::metrics::Metrics;
-use crate::reach::{check_loopback, ReachConfigError};
+use crate::reach::{addressed_to_loopback, check_loopback, ReachConfigError, NOT_LOOPBACK_HOST};
+use crate::refresher::RefreshRequests;
 
 /// Request bodies up to this size are kept, so the request can be sent again after a 401.
 pub const MAX_RETRY_BODY: usize = 64 * 1024;
-/// A 401 asks for a new token at most this often; more 401s in between are passed through.
-const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a request the upstream answered 401 waits for the new token it asked for; then the
+/// 401 goes back to the client, and later 401s for the same token go back at once.
+const REFRESH_WAIT: Duration = Duration::from_secs(3);
+/// Once a new token did not end the 401s, the next one is asked for this long after the last,
+/// doubling each time, up to the rejected token's lifetime; until then 401s go back at once.
+const REFRESH_BACKOFF: Duration = Duration::from_secs(5);
 /// How long idle upstream connections are kept for reuse.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
@@ -130,7 +135,7 @@ pub struct Proxy {
     authority: Authority,
     shown_upstream: String,
     tokens: Tokens,
-    refresh: SingleFlight,
+    reauth: Reauth,
     metrics: Arc<Metrics>,
 }
 
@@ -141,7 +146,7 @@ impl Proxy {
         config: &ProxyConfig,
         http: &HttpSettings,
         tokens: Tokens,
-        refresh_now: Arc<Notify>,
+        requests: Arc<RefreshRequests>,
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, ClientError> {
         let mut connector = HttpConnector::new();
@@ -173,11 +178,10 @@ impl Proxy {
             scheme,
             authority,
             shown_upstream: config.upstream.as_str().trim_end_matches('/').to_owned(),
-            refresh: SingleFlight {
-                last: Mutex::new(None),
-                refresh_now,
+            reauth: Reauth {
+                asked: Mutex::new(Asked::default()),
+                requests,
                 tokens: tokens.clone(),
-                wait: http.request_timeout + http.connect_timeout,
             },
             tokens,
             metrics,
@@ -230,6 +234,9 @@ impl Proxy {
                 return refusal(StatusCode::BAD_REQUEST, &message);
             }
         };
+        if !addressed_to_loopback(&request) {
+            return refusal(StatusCode::FORBIDDEN, NOT_LOOPBACK_HOST);
+        }
         let Some(token) = self.current_token() else {
             return refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -253,16 +260,21 @@ impl Proxy {
         if response.status() != StatusCode::UNAUTHORIZED {
             return passed_back(response);
         }
-        self.refresh.request(&token);
         let Some(kept) = kept else {
+            self.reauth.ask(&token);
             return passed_back(response);
         };
-        let Some(fresh) = self.refresh.newer_than(&token).await else {
+        let Some(fresh) = self.reauth.newer_than(&token).await else {
             return passed_back(response);
         };
         drop(response);
         match self.send(&parts, &target, &headers, &fresh, kept).await {
-            Ok(response) => passed_back(response),
+            Ok(response) => {
+                if response.status() != StatusCode::UNAUTHORIZED {
+                    self.reauth.recovered();
+                }
+                passed_back(response)
+            }
             Err(response) => response,
         }
     }
@@ -320,43 +332,66 @@ impl Proxy {
     }
 }
 
-/// One token refresh however many requests saw a 401 for the same token.
-struct SingleFlight {
+/// What the proxy asked of the refresh loop after upstream 401s.
+#[derive(Default)]
+struct Asked {
     /// The token a refresh was last asked for, and when.
-    last: Mutex<Option<(Weak<Token>, Instant)>>,
-    refresh_now: Arc<Notify>,
-    tokens: Tokens,
-    wait: Duration,
+    last: Option<(Weak<Token>, Instant)>,
+    /// Refreshes asked for since a new token last ended a 401 (a resent request was accepted).
+    streak: u32,
+    /// A token whose wait ended without a newer one: its 401s go back to the client at once.
+    settled: Weak<Token>,
 }
 
-impl SingleFlight {
-    /// Asks the refresh loop for a new token, unless one was already asked for `rejected`, a
-    /// newer token is already there, or the last request was less than
-    /// [`MIN_REFRESH_INTERVAL`] ago.
-    fn request(&self, rejected: &Arc<Token>) {
-        let current = self.tokens.borrow().clone();
-        if current.is_some_and(|current| !Arc::ptr_eq(&current, rejected)) {
-            return;
-        }
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((token, at)) = last.as_ref() {
-            if token.ptr_eq(&Arc::downgrade(rejected)) || at.elapsed() < MIN_REFRESH_INTERVAL {
-                return;
-            }
-        }
-        *last = Some((Arc::downgrade(rejected), Instant::now()));
-        tracing::info!("the upstream answered 401; asking for a new token");
-        self.refresh_now.notify_one();
+/// New tokens after upstream 401s: one request to the refresh loop per rejected token, backed
+/// off while new tokens do not end the 401s, and a short wait that never stalls a client twice.
+struct Reauth {
+    asked: Mutex<Asked>,
+    requests: Arc<RefreshRequests>,
+    tokens: Tokens,
+}
+
+impl Reauth {
+    fn asked(&self) -> std::sync::MutexGuard<'_, Asked> {
+        self.asked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for a token other than `rejected`, if a refresh was asked for it.
+    /// Asks the refresh loop for a token newer than `rejected`, unless one is already there,
+    /// was already asked for, or the backoff since the last request has not passed. Returns
+    /// whether a refresh for `rejected` is pending and worth waiting for.
+    fn ask(&self, rejected: &Arc<Token>) -> bool {
+        let current = self.tokens.borrow().clone();
+        if current.is_some_and(|current| !Arc::ptr_eq(&current, rejected)) {
+            return true;
+        }
+        let rejected_ref = Arc::downgrade(rejected);
+        let mut asked = self.asked();
+        if asked.settled.ptr_eq(&rejected_ref) {
+            return false;
+        }
+        if let Some((token, at)) = &asked.last {
+            if token.ptr_eq(&rejected_ref) {
+                return true;
+            }
+            if at.elapsed() < backoff(asked.streak, rejected.lifetime) {
+                return false;
+            }
+        }
+        asked.last = Some((rejected_ref, Instant::now()));
+        asked.streak = asked.streak.saturating_add(1);
+        tracing::info!(
+            streak = asked.streak,
+            "the upstream answered 401; asking for a new token"
+        );
+        self.requests.request();
+        true
+    }
+
+    /// A token other than `rejected` to resend with: the current one if it is newer, else the
+    /// one asked for, if it arrives within [`REFRESH_WAIT`] and the refresh loop does not
+    /// decline (a failed request, or one the endpoint's `Retry-After` defers).
     async fn newer_than(&self, rejected: &Arc<Token>) -> Option<Arc<Token>> {
         let mut tokens = self.tokens.clone();
-        let asked = {
-            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            last.as_ref()
-                .is_some_and(|(token, _)| token.ptr_eq(&Arc::downgrade(rejected)))
-        };
         let newer = |tokens: &mut Tokens| {
             tokens
                 .borrow_and_update()
@@ -366,20 +401,50 @@ impl SingleFlight {
         if let Some(token) = newer(&mut tokens) {
             return Some(token);
         }
-        if !asked {
+        let mut declined = self.requests.declined();
+        if !self.ask(rejected) {
             return None;
         }
-        tokio::time::timeout(self.wait, async {
+        let fresh = tokio::time::timeout(REFRESH_WAIT, async {
             loop {
-                tokens.changed().await.ok()?;
-                if let Some(token) = newer(&mut tokens) {
-                    return Some(token);
+                tokio::select! {
+                    changed = tokens.changed() => {
+                        changed.ok()?;
+                        if let Some(token) = newer(&mut tokens) {
+                            return Some(token);
+                        }
+                    }
+                    changed = declined.changed() => {
+                        changed.ok()?;
+                        return None;
+                    }
                 }
             }
         })
         .await
         .ok()
-        .flatten()
+        .flatten();
+        if fresh.is_none() {
+            self.asked().settled = Arc::downgrade(rejected);
+        }
+        fresh
+    }
+
+    /// A request resent with a new token was accepted: the next 401 may ask at once.
+    fn recovered(&self) {
+        self.asked().streak = 0;
+    }
+}
+
+/// How long after the last request for a token the next may be made, after `streak` requests
+/// since a new token last ended a 401: none after a recovery, then [`REFRESH_BACKOFF`]
+/// doubling, never more than the token's `lifetime`.
+fn backoff(streak: u32, lifetime: Duration) -> Duration {
+    match streak {
+        0 => Duration::ZERO,
+        n => REFRESH_BACKOFF
+            .saturating_mul(1 << (n - 1).min(20))
+            .min(lifetime),
     }
 }
 
@@ -613,6 +678,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--proxy-listen is not"));
+    }
+
+    #[test]
+    fn repeated_401s_back_off_up_to_the_token_lifetime() {
+        let lifetime = Duration::from_secs(900);
+        assert_eq!(backoff(0, lifetime), Duration::ZERO);
+        assert_eq!(backoff(1, lifetime), Duration::from_secs(5));
+        assert_eq!(backoff(2, lifetime), Duration::from_secs(10));
+        assert_eq!(backoff(8, lifetime), Duration::from_secs(640));
+        assert_eq!(backoff(9, lifetime), lifetime);
+        assert_eq!(backoff(u32::MAX, lifetime), lifetime);
     }
 
     #[test]

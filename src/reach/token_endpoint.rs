@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::fiskil::Token;
-use crate::reach::{check_loopback, ReachConfigError};
+use crate::reach::{addressed_to_loopback, check_loopback, ReachConfigError, NOT_LOOPBACK_HOST};
 use crate::serve::{reply, Reply};
 
 /// The token endpoint's flag.
@@ -52,6 +52,13 @@ fn answer(
     tokens: &watch::Receiver<Option<Arc<Token>>>,
     now: SystemTime,
 ) -> Reply {
+    if !addressed_to_loopback(request) {
+        return no_store(reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            format!("{NOT_LOOPBACK_HOST}\n"),
+        ));
+    }
     if request.uri().path() != "/token" {
         return no_store(reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"));
     }

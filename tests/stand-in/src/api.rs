@@ -59,9 +59,9 @@ pub(crate) async fn answer(
         .map(str::to_owned);
     let accepted = {
         let guard = state.lock().unwrap_or_else(|e| e.into_inner());
-        token
-            .as_ref()
-            .is_some_and(|t| guard.issued.contains(t) && !guard.revoked.contains(t))
+        token.as_ref().is_some_and(|t| {
+            !guard.refuse_all && guard.issued.contains(t) && !guard.revoked.contains(t)
+        })
     };
     let path = parts.uri.path().to_owned();
     let record = |status: StatusCode| {

@@ -104,6 +104,8 @@ struct State {
     api: bool,
     /// Tokens the API side no longer accepts.
     revoked: Vec<String>,
+    /// The API side refuses every token, new ones included.
+    refuse_all: bool,
     /// API requests so far.
     api_seen: Vec<api::ApiSeen>,
 }
@@ -147,6 +149,7 @@ impl StandIn {
             control: false,
             api: false,
             revoked: Vec::new(),
+            refuse_all: false,
             api_seen: Vec::new(),
         }));
         let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -253,6 +256,12 @@ impl StandIn {
         let mut guard = self.lock();
         let issued = guard.issued.clone();
         guard.revoked.extend(issued);
+    }
+
+    /// From now on the API side refuses every token, those issued later too (as an upstream
+    /// does whose 401s a new token cannot cure).
+    pub fn refuse_all_tokens(&self) {
+        self.lock().refuse_all = true;
     }
 
     /// Every API request so far.
