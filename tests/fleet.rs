@@ -903,18 +903,25 @@ async fn a_holder_named_by_hand_takes_the_lease_only_as_a_new_term_and_the_old_l
     })
     .await;
     writers[at].daemon.signal("HUP");
+    // Nobody renews the edited Lease: the next version is a takeover, in a new term.
     let next = lease.wait(
         duration * 3 + Duration::from_secs(30),
         0,
-        "a new term after the edit",
-        |e| e.resource_version() > edit && e.transitions() > term,
+        "the Lease's next version after the edit",
+        |e| e.resource_version() > edit,
     );
     eprintln!(
-        "{holder}'s term {term} edited to name {named}; term {} went to {:?}",
-        next.transitions(),
-        next.holder()
+        "{holder}'s term {term} edited to name {named}; next, {:?} in term {}",
+        next.holder(),
+        next.transitions()
     );
-    assert_eq!(next.transitions(), term + 1);
+    assert_eq!(
+        next.transitions(),
+        term + 1,
+        "after the edit, {:?} wrote the Lease in term {}",
+        next.holder(),
+        next.transitions()
+    );
     settle(&lease, &secrets, &mut writers);
     wait_for(
         Duration::from_secs(20),

@@ -1,5 +1,4 @@
-//! Leader election among replicas with a `coordination.k8s.io/v1` Lease, as client-go does it:
-//! only the holder requests tokens and writes, and it stops before its Lease can have expired.
+//! Leader election through a Lease: one writer per term, and none once a takeover could begin.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
