@@ -1,6 +1,7 @@
 //! The Secret writer for fleets against a real kube-apiserver and etcd with RBAC on: leader
-//! election among writer processes (a steady minute, killed, stopped and paused leaders), one
-//! token fanned out to several namespaces, and Kubernetes Events. Writers run as a
+//! election among writer processes (a steady minute, killed, stopped and paused leaders, a Lease
+//! deleted mid-term, its holder or duration edited by hand), one token fanned out to several
+//! namespaces, and Kubernetes Events. Writers run as a
 //! ServiceAccount holding only the Roles the binary asks for: create and patch on each target
 //! Secret; get, update and watch on the named Lease and create on Leases; create and patch on
 //! Events. What the tests assert about order comes from watch streams, which the API server
