@@ -774,16 +774,21 @@ async fn elected_fleet(
         "--refresh-ratio",
         "0.5",
     ];
+    let started = Instant::now();
     let mut writers: Vec<Writer> = (0..3)
         .map(|i| fleet.spawn(&fixture, &format!("{name}-{i}"), &extra))
         .collect();
     // A new Lease is created once the replicas have found it missing for the lease duration
     // plus the margin.
-    lease.wait(
+    let first = lease.wait(
         Duration::from_secs(lease_seconds * 2 + 30),
         0,
         "a Lease holder",
         |e| e.holder().is_some(),
+    );
+    eprintln!(
+        "{name}: lease {lease_seconds} s, first leader {:.2} s after the writers started",
+        (first.at - started).as_secs_f64()
     );
     let holder = settle(&lease, &secrets, &mut writers);
     let at = writers.iter().position(|w| w.identity == holder).unwrap();
