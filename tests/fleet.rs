@@ -1,6 +1,7 @@
 //! The Secret writer for fleets against a real kube-apiserver and etcd with RBAC on: leader
-//! election among writer processes (a steady minute, killed, stopped and paused leaders), one
-//! token fanned out to several namespaces, and Kubernetes Events. Writers run as a
+//! election among writer processes (a steady minute, killed, stopped and paused leaders, a Lease
+//! deleted mid-term, its holder or duration edited by hand), one token fanned out to several
+//! namespaces, and Kubernetes Events. Writers run as a
 //! ServiceAccount holding only the Roles the binary asks for: create and patch on each target
 //! Secret; get, update and watch on the named Lease and create on Leases; create and patch on
 //! Events. What the tests assert about order comes from watch streams, which the API server
@@ -17,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use fiskil_stand_in::Behaviour;
+use fiskil_token_refresher::fleet::lease::TAKEOVER_MARGIN;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::api::events::v1::Event;
@@ -24,7 +26,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{ListParams, PostParams};
 use kube::Api;
 use support::cluster::{eventually, Cluster, SECRET};
-use support::fleet::{check_secret_versions, lease_terms, Fleet, Observed, Sampler, Watch, Writer};
+use support::fleet::{
+    check_secret_versions, lease_terms, lease_terms_with_edits, Fleet, Observed, Sampler, Watch,
+    Writer,
+};
 use support::{wait_for, Daemon, Fixture};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -241,10 +246,10 @@ async fn killed_and_stopped_leaders_hand_over_without_two_writers_or_an_expired_
     let sampler = Sampler::start(&cluster, &fleet.targets, Duration::from_millis(200));
 
     let kills = env_u64("FISKIL_FLEET_KILLS", 20);
-    // A follower judges expiry a lease duration after it saw the last renewal, which came
-    // before the kill, and tries every retry period (up to 1.2 of it, jittered); 1 s for a busy
-    // machine.
-    let bound = duration + retry * 2 + Duration::from_secs(1);
+    // A follower takes over a lease duration plus the 2 s margin after it saw the last renewal,
+    // which came before the kill, and tries every retry period (up to 1.2 of it, jittered); 1 s
+    // for a busy machine.
+    let bound = duration + TAKEOVER_MARGIN + retry * 2 + Duration::from_secs(1);
     let mut takeovers = Vec::new();
     for _ in 0..kills {
         let holder = settle(&lease, &secrets, &mut writers);
@@ -717,6 +722,281 @@ async fn a_paused_leader_resumed_after_a_takeover_writes_nothing_in_its_old_term
     assert_clean(&fixture, &writers.iter().collect::<Vec<_>>());
 }
 
+/// Changes the Lease as someone with `kubectl edit` would: reads it, applies `change`, and
+/// replaces it, again on a conflict with its holder's renewals. Returns the edit's
+/// resourceVersion.
+async fn edit_lease(
+    cluster: &Cluster,
+    fleet: &Fleet,
+    change: impl Fn(&mut k8s_openapi::api::coordination::v1::LeaseSpec),
+) -> u64 {
+    let leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), &fleet.home);
+    loop {
+        let mut lease = leases.get(&fleet.lease).await.expect("read the Lease");
+        change(lease.spec.get_or_insert_with(Default::default));
+        match leases
+            .replace(&fleet.lease, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(written) => {
+                return written
+                    .metadata
+                    .resource_version
+                    .and_then(|rv| rv.parse().ok())
+                    .expect("a numeric resourceVersion")
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(e) => panic!("edit the Lease: {e}"),
+        }
+    }
+}
+
+/// Three writers with leader election over two targets, settled: the fixture, the fleet, the
+/// watches (targets, Lease), the writers and the holder's position among them.
+async fn elected_fleet(
+    cluster: &Cluster,
+    name: &str,
+    lease_seconds: u64,
+) -> (Fixture, Fleet, Vec<Watch>, Watch, Vec<Writer>, usize) {
+    // Tokens outlast a takeover several times over, refreshed at half their lifetime.
+    let lifetime = (lease_seconds as i64 * 4).max(30);
+    let fixture = Fixture::new(name, lifetime);
+    let fleet = Fleet::create(cluster, name, fixture.dir.path(), 2).await;
+    for i in 0..2 {
+        fleet.grant(i).await;
+    }
+    let (secrets, lease) = fleet.watch(cluster).await;
+    let duration_flag = format!("{lease_seconds}s");
+    let extra = [
+        "--leader-elect",
+        "--lease-duration",
+        &duration_flag,
+        "--refresh-ratio",
+        "0.5",
+    ];
+    let started = Instant::now();
+    let mut writers: Vec<Writer> = (0..3)
+        .map(|i| fleet.spawn(&fixture, &format!("{name}-{i}"), &extra))
+        .collect();
+    // A new Lease is created once the replicas have found it missing for the lease duration
+    // plus the margin.
+    let first = lease.wait(
+        Duration::from_secs(lease_seconds * 2 + 30),
+        0,
+        "a Lease holder",
+        |e| e.holder().is_some(),
+    );
+    eprintln!(
+        "{name}: lease {lease_seconds} s, first leader {:.2} s after the writers started",
+        (first.at - started).as_secs_f64()
+    );
+    let holder = settle(&lease, &secrets, &mut writers);
+    let at = writers.iter().position(|w| w.identity == holder).unwrap();
+    (fixture, fleet, secrets, lease, writers, at)
+}
+
+/// Checks every target's history against the Lease's, the test's own `edits` to the Lease
+/// excepted.
+fn check_history(
+    fixture: &Fixture,
+    fleet: &Fleet,
+    secrets: &[Watch],
+    lease: &Watch,
+    edits: &[u64],
+) {
+    let end = SystemTime::now();
+    let terms = lease_terms_with_edits(&lease.events(), edits);
+    let issued = fixture.stand_in.issued();
+    for (i, watch) in secrets.iter().enumerate() {
+        check_secret_versions(
+            &fleet.target(i),
+            &watch.events(),
+            &issued,
+            Some(&terms),
+            end,
+        );
+    }
+    eprintln!("Lease terms: {terms:?}");
+}
+
+/// The reason a writer gave for its last loss of leadership.
+fn lost_reason(writer: &Writer) -> Option<String> {
+    writer
+        .daemon
+        .json_logs()
+        .into_iter()
+        .rfind(|l| l["message"] == "leadership lost")
+        .map(|l| l["reason"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+#[ignore = "needs a control plane: tests/cluster/up.sh"]
+async fn a_lease_deleted_mid_term_ends_that_term_and_comes_back_in_a_higher_one() {
+    let cluster = Cluster::connect().await;
+    let (duration, _) = lease_timing();
+    let (fixture, fleet, secrets, lease, mut writers, at) =
+        elected_fleet(&cluster, "fleet-deleted", duration.as_secs()).await;
+    let holder = writers[at].identity.clone();
+    let current = lease.events().last().cloned().unwrap();
+    let seen = lease.len();
+    let leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), &fleet.home);
+    leases
+        .delete(&fleet.lease, &Default::default())
+        .await
+        .expect("delete the Lease");
+    // A token asked of the leader right away: it writes before its next renewal or not at all.
+    writers[at].daemon.signal("HUP");
+    let gone = lease.wait(Duration::from_secs(10), seen, "the deletion", |e| {
+        e.kind == "DELETED"
+    });
+    let back = lease.wait(
+        duration * 3 + Duration::from_secs(30),
+        seen,
+        "the Lease created again",
+        |e| e.kind == "ADDED",
+    );
+    eprintln!(
+        "term {} of {holder} deleted; the Lease came back {:.2} s later, held by {:?} in term {}",
+        current.transitions(),
+        (back.at - gone.at).as_secs_f64(),
+        back.holder(),
+        back.transitions()
+    );
+    assert!(
+        back.transitions() > current.transitions(),
+        "the Lease came back at term {} after term {} was deleted",
+        back.transitions(),
+        current.transitions()
+    );
+    // No replica creates it before the deleted term's leader must have stopped writing: its
+    // renew deadline after its last renewal, which came before the deletion.
+    assert!(
+        back.at - gone.at >= duration * 2 / 3,
+        "the Lease was created again {:?} after its deletion",
+        back.at - gone.at
+    );
+    settle(&lease, &secrets, &mut writers);
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{holder} to step down"),
+        || lost_reason(&writers[at]).is_some(),
+    );
+    let reason = lost_reason(&writers[at]).unwrap();
+    eprintln!("{holder} stepped down: {reason}");
+    assert_eq!(reason, "the Lease was deleted");
+    check_history(&fixture, &fleet, &secrets, &lease, &[]);
+    assert_clean(&fixture, &writers.iter().collect::<Vec<_>>());
+}
+
+#[tokio::test]
+#[ignore = "needs a control plane: tests/cluster/up.sh"]
+async fn a_holder_named_by_hand_takes_the_lease_only_as_a_new_term_and_the_old_leader_steps_down() {
+    let cluster = Cluster::connect().await;
+    let (duration, _) = lease_timing();
+    let (fixture, fleet, secrets, lease, mut writers, at) =
+        elected_fleet(&cluster, "fleet-named", duration.as_secs()).await;
+    let holder = writers[at].identity.clone();
+    let named = writers
+        .iter()
+        .find(|w| w.identity != holder)
+        .unwrap()
+        .identity
+        .clone();
+    let term = lease.events().last().unwrap().transitions();
+    let edit = edit_lease(&cluster, &fleet, |spec| {
+        spec.holder_identity = Some(named.clone());
+        spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    })
+    .await;
+    writers[at].daemon.signal("HUP");
+    // Nobody renews the edited Lease: the next version is a takeover, in a new term.
+    let next = lease.wait(
+        duration * 3 + Duration::from_secs(30),
+        0,
+        "the Lease's next version after the edit",
+        |e| e.resource_version() > edit,
+    );
+    eprintln!(
+        "{holder}'s term {term} edited to name {named}; next, {:?} in term {}",
+        next.holder(),
+        next.transitions()
+    );
+    assert_eq!(
+        next.transitions(),
+        term + 1,
+        "after the edit, {:?} wrote the Lease in term {}",
+        next.holder(),
+        next.transitions()
+    );
+    settle(&lease, &secrets, &mut writers);
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{holder} to step down"),
+        || lost_reason(&writers[at]).is_some(),
+    );
+    let reason = lost_reason(&writers[at]).unwrap();
+    eprintln!("{holder} stepped down: {reason}");
+    assert_eq!(reason, "another replica holds the Lease");
+    let named_writer = writers.iter().find(|w| w.identity == named).unwrap();
+    assert!(named_writer
+        .daemon
+        .logs_contain("the Lease names this replica, which did not take it"));
+    check_history(&fixture, &fleet, &secrets, &lease, &[edit]);
+    assert_clean(&fixture, &writers.iter().collect::<Vec<_>>());
+}
+
+#[tokio::test]
+#[ignore = "needs a control plane: tests/cluster/up.sh"]
+async fn a_lease_duration_shortened_by_hand_hands_no_live_leaders_lease_to_another() {
+    let cluster = Cluster::connect().await;
+    // A 15 s Lease, renewed every 2 s: longer than the 1 s the edit leaves, so only a follower
+    // that honoured the shortened duration could take the Lease before the leader renews.
+    let seconds = 15;
+    let (fixture, fleet, secrets, lease, mut writers, at) =
+        elected_fleet(&cluster, "fleet-shortened", seconds).await;
+    let holder = writers[at].identity.clone();
+    let term = lease.events().last().unwrap().transitions();
+    let edit = edit_lease(&cluster, &fleet, |spec| {
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    })
+    .await;
+    writers[at].daemon.signal("HUP");
+    let next = lease.wait(
+        Duration::from_secs(seconds * 2),
+        0,
+        "the Lease's next version after the edit",
+        |e| e.resource_version() > edit,
+    );
+    assert_eq!(
+        (next.holder(), next.transitions()),
+        (Some(holder.clone()), term),
+        "the Lease left its live leader after its duration was shortened to 1 s"
+    );
+    assert_eq!(
+        next.object["spec"]["leaseDurationSeconds"], seconds,
+        "the leader renews with its own duration"
+    );
+    // A refresh after the edit, by the same leader in the same term.
+    let written = secrets[0].wait(
+        Duration::from_secs(seconds * 2),
+        0,
+        "a write after the edit",
+        |e| e.resource_version() > edit,
+    );
+    assert_eq!(written.writer_term(), Some((holder.clone(), term)));
+    settle(&lease, &secrets, &mut writers);
+    assert!(
+        lease
+            .events()
+            .iter()
+            .all(|e| e.holder().as_deref() == Some(holder.as_str())),
+        "leadership moved"
+    );
+    check_history(&fixture, &fleet, &secrets, &lease, &[edit]);
+    assert_clean(&fixture, &writers.iter().collect::<Vec<_>>());
+}
+
 /// Waits until the Events in `events` hold `times` occurrences (series counted) of `reason`.
 async fn await_reason(events: &Api<Event>, reason: &str, times: i32) {
     eventually(
@@ -769,6 +1049,14 @@ fn lease_version(rv: u64, holder: Option<&str>, transitions: u64) -> Observed {
             "metadata": {"resourceVersion": rv.to_string()},
             "spec": {"holderIdentity": holder, "leaseTransitions": transitions},
         }),
+    }
+}
+
+/// A Lease deletion as a watch delivers it.
+fn deleted(rv: u64, holder: Option<&str>, transitions: u64) -> Observed {
+    Observed {
+        kind: "DELETED".into(),
+        ..lease_version(rv, holder, transitions)
     }
 }
 
@@ -846,8 +1134,71 @@ fn the_history_checks_catch_two_writers_a_stale_term_and_an_expired_secret() {
         lease_version(10, Some("a"), 1),
         lease_version(11, Some("b"), 0),
     ];
-    caught.push(("transitions going back", fails(good, Some(&back))));
+    caught.push(("transitions going back", fails(good.clone(), Some(&back))));
+    let recreated = [
+        lease_version(10, Some("a"), 0),
+        deleted(11, Some("a"), 0),
+        lease_version(20, Some("a"), 0),
+    ];
+    caught.push((
+        "a Lease created again in the deleted one's term",
+        fails(vec![secret_version(21, "t1", 60, "a", 0)], Some(&recreated)),
+    ));
+    let named = [
+        lease_version(10, Some("a"), 0),
+        lease_version(12, Some("b"), 0),
+        lease_version(14, Some("b"), 0),
+    ];
+    let edited = |history: &[Observed]| {
+        std::panic::catch_unwind(|| lease_terms_with_edits(history, &[12])).is_err()
+    };
+    caught.push((
+        "a holder named by hand going on in the old term",
+        edited(&named),
+    ));
+    let renewed_away = [
+        lease_version(10, Some("a"), 0),
+        lease_version(12, Some("b"), 0),
+        lease_version(14, Some("a"), 0),
+    ];
+    caught.push((
+        "the old holder going on after an edit named another",
+        edited(&renewed_away),
+    ));
     std::panic::set_hook(hook);
+    // An edit that keeps the holder and term, a holder named by hand followed by a new term, and
+    // a deleted Lease created again above its term are all fine; the old holder's writes after
+    // the edit or deletion count until the next term begins.
+    let kept = [
+        lease_version(10, Some("a"), 0),
+        lease_version(12, Some("a"), 0),
+        lease_version(14, Some("a"), 0),
+    ];
+    assert_eq!(lease_terms_with_edits(&kept, &[12])[&0].until, None);
+    let moved = [
+        lease_version(10, Some("a"), 0),
+        lease_version(12, Some("b"), 0),
+        lease_version(20, Some("c"), 1),
+    ];
+    let terms = lease_terms_with_edits(&moved, &[12]);
+    assert_eq!(terms[&0].until, Some(20));
+    assert_eq!(terms[&1].holder, "c");
+    let writes = vec![
+        secret_version(13, "t1", 60, "a", 0),
+        secret_version(21, "t2", 60, "c", 1),
+    ];
+    check_secret_versions("ns/s", &writes, &issued, Some(&terms), end);
+    let again = [
+        lease_version(10, Some("a"), 0),
+        deleted(11, Some("a"), 0),
+        lease_version(20, Some("b"), 1),
+    ];
+    let terms = lease_terms(&again);
+    let writes = vec![
+        secret_version(12, "t1", 60, "a", 0),
+        secret_version(21, "t2", 60, "b", 1),
+    ];
+    check_secret_versions("ns/s", &writes, &issued, Some(&terms), end);
     for (what, failed) in caught {
         assert!(failed, "the checks missed {what}");
     }

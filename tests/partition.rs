@@ -171,7 +171,13 @@ async fn a_cut_off_leader_steps_down_and_never_writes_in_the_next_term() {
             ("POD_NAME", "writer-a"),
         ],
     );
-    a.wait_log("leadership acquired");
+    // A new Lease is created once the writer has found it missing for the lease duration plus
+    // the 2 s margin.
+    support::wait_for(
+        Duration::from_secs(30),
+        "writer-a to create the Lease and lead",
+        || a.logs_contain("leadership acquired"),
+    );
     let mut b = Daemon::spawn(
         &args,
         &[

@@ -1,5 +1,4 @@
-//! Leader election among replicas with a `coordination.k8s.io/v1` Lease, as client-go does it:
-//! only the holder requests tokens and writes, and it stops before its Lease can have expired.
+//! Leader election through a Lease: one writer per term, and none once a takeover could begin.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,8 +39,10 @@ pub struct LeaseArgs {
     #[arg(long, env = "FISKIL_LEASE_NAMESPACE", value_name = "NAMESPACE")]
     pub lease_namespace: Option<String>,
 
-    /// How long a Lease lasts without renewal: a killed leader is replaced within it. The leader
-    /// renews every 2/15 of it and stops writing once 2/3 of it pass without a renewal
+    /// How long a Lease lasts without renewal. The leader renews every 2/15 of it and stops
+    /// writing once 2/3 of it pass without a renewal; a follower takes over once it has seen the
+    /// Lease unchanged (or missing) for this long, or the Lease's own duration if longer, plus
+    /// 2 s: a killed leader is replaced within it plus 2 s
     #[arg(long, env = "FISKIL_LEASE_DURATION", value_name = "DURATION",
           default_value = "15s", value_parser = positive_duration)]
     pub lease_duration: Duration,
@@ -98,13 +99,35 @@ impl LeaseArgs {
             name: self.lease_name,
             namespace: self.lease_namespace,
             duration,
-            renew_deadline: duration * 2 / 3,
+            renew_deadline: renew_deadline(duration),
             retry_period: duration * 2 / 15,
         }))
     }
 }
 
-/// One holder's tenure: the Lease's `leaseTransitions` when it took the Lease.
+/// How long after its last renewal a leader may act: 2/3 of the lease duration, as client-go.
+fn renew_deadline(lease_duration: Duration) -> Duration {
+    lease_duration * 2 / 3
+}
+
+/// How long beyond a Lease's duration a follower waits, from when it saw the Lease change,
+/// before it takes the Lease over. With the leader's renew deadline, a leader that stopped
+/// renewing has stopped writing at least a third of the lease duration plus this much before a
+/// follower takes over: slack for requests still on the wire and for clocks that run at slightly
+/// different rates.
+pub const TAKEOVER_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long a follower waits from when it saw the Lease change (or found it missing) before it
+/// takes the Lease: the longer of its own lease duration and the Lease's, plus the margin. A
+/// `leaseDurationSeconds` shortened by hand never brings a takeover forward; a lengthened one
+/// delays it.
+fn takeover_after(own: Duration, lease: Option<&Lease>) -> Duration {
+    own.max(lease.map_or(Duration::ZERO, held_for)) + TAKEOVER_MARGIN
+}
+
+/// One holder's tenure: the Lease's `leaseTransitions` when it took the Lease. A replica only
+/// leads in a term it wrote itself (taking or creating the Lease), and a new term is always
+/// above every `leaseTransitions` this process has seen, a deleted Lease's included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Term {
     pub identity: String,
@@ -129,7 +152,8 @@ impl Role {
 /// Leave to write: until when, and in which term.
 #[derive(Debug, Clone)]
 pub struct Permit {
-    /// Writes must be done by then: the Lease could expire for others afterwards.
+    /// Writes must be done by then: the leader's renew deadline, well before any follower may
+    /// take the Lease over.
     pub deadline: Option<Instant>,
     pub term: Option<Term>,
 }
@@ -150,6 +174,7 @@ struct Seen {
 pub struct Leadership {
     role: watch::Sender<Role>,
     lease_duration: Duration,
+    renew_deadline: Duration,
     seen: Mutex<Seen>,
 }
 
@@ -159,6 +184,7 @@ impl Leadership {
         Arc::new(Leadership {
             role: watch::Sender::new(Role::Single),
             lease_duration: Duration::ZERO,
+            renew_deadline: Duration::ZERO,
             seen: Mutex::default(),
         })
     }
@@ -168,6 +194,7 @@ impl Leadership {
         Arc::new(Leadership {
             role: watch::Sender::new(Role::Follower),
             lease_duration,
+            renew_deadline: renew_deadline(lease_duration),
             seen: Mutex::default(),
         })
     }
@@ -184,8 +211,8 @@ impl Leadership {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Leave to write now, or `None` while following or once the Lease could have expired
-    /// for others (a leader that was paused, say, before it noticed).
+    /// Leave to write now, or `None` while following or once the renew deadline has passed
+    /// since the last renewal (a leader that was paused, say, before it noticed).
     pub fn permit(&self) -> Option<Permit> {
         match self.role() {
             Role::Single => Some(Permit {
@@ -193,7 +220,7 @@ impl Leadership {
                 term: None,
             }),
             Role::Leader(term) => {
-                let deadline = self.seen().renewed_at? + self.lease_duration;
+                let deadline = self.seen().renewed_at? + self.renew_deadline;
                 (Instant::now() < deadline).then_some(Permit {
                     deadline: Some(deadline),
                     term: Some(term),
@@ -219,6 +246,8 @@ impl Leadership {
 enum LeaseError {
     #[error("another replica changed the Lease first")]
     Conflict,
+    #[error("the Lease {0} does not exist")]
+    Missing(String),
     #[error("forbidden to use Lease {0} (verbs get, update, watch on that name, and create); bind this ServiceAccount to a Role allowing them")]
     Forbidden(String),
     #[error("cannot create the Lease {0}: its namespace does not exist; create it, or set --lease-namespace")]
@@ -248,6 +277,7 @@ impl LeaseError {
             {
                 LeaseError::NoNamespace(lease.to_owned())
             }
+            kube::Error::Api(status) if status.code == 404 => LeaseError::Missing(lease.to_owned()),
             kube::Error::Api(status) => LeaseError::Refused {
                 lease: lease.to_owned(),
                 code: status.code,
@@ -259,19 +289,56 @@ impl LeaseError {
     }
 }
 
-/// The Lease's version as this process last saw it, and when that changed: a holder that
-/// stops renewing is judged expired by this process's own clock, not by the holder's.
+/// What this process last saw of the Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sighting {
+    /// Nothing read yet.
+    Nothing,
+    /// One version of the Lease, by its resourceVersion.
+    Version(Option<String>),
+    /// No Lease: never created, or deleted.
+    Missing,
+}
+
+/// The Lease as this process last saw it, when that changed, and the highest term it has seen.
+/// A holder that stops renewing is judged expired by this process's own clock, from when it saw
+/// the Lease change, not by the holder's; a Lease created again starts above every term seen.
+#[derive(Debug)]
 struct Observed {
-    version: Option<String>,
+    sighting: Sighting,
     changed_at: Instant,
+    highest_term: Option<i32>,
 }
 
 impl Observed {
+    fn new() -> Observed {
+        Observed {
+            sighting: Sighting::Nothing,
+            changed_at: Instant::now(),
+            highest_term: None,
+        }
+    }
+
     fn saw(&mut self, lease: &Lease) {
-        if lease.metadata.resource_version != self.version {
-            self.version.clone_from(&lease.metadata.resource_version);
+        self.change_to(Sighting::Version(lease.metadata.resource_version.clone()));
+        let number = transitions(lease);
+        self.highest_term = Some(self.highest_term.map_or(number, |h| h.max(number)));
+    }
+
+    fn missing(&mut self) {
+        self.change_to(Sighting::Missing);
+    }
+
+    fn change_to(&mut self, sighting: Sighting) {
+        if self.sighting != sighting {
+            self.sighting = sighting;
             self.changed_at = Instant::now();
         }
+    }
+
+    /// The term of a Lease this process takes or creates: above every term it has seen.
+    fn next_term(&self) -> i32 {
+        self.highest_term.map_or(0, |h| h.saturating_add(1))
     }
 }
 
@@ -285,13 +352,35 @@ fn held_for(lease: &Lease) -> Duration {
     Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
 }
 
-/// How long after a Lease expires a follower tries to take it.
-const EXPIRY_SLACK: Duration = Duration::from_millis(10);
+/// The Lease's holder, `None` when released.
+fn holder_of(lease: &Lease) -> Option<String> {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.holder_identity.clone())
+        .filter(|holder| !holder.is_empty())
+}
+
+/// The Lease's `leaseTransitions`, the term of its holder.
+fn transitions(lease: &Lease) -> i32 {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.lease_transitions)
+        .unwrap_or(0)
+}
+
+/// Whether `lease` names `term`: its holder and its number.
+fn holds(lease: &Lease, term: &Term) -> bool {
+    holder_of(lease).as_deref() == Some(term.identity.as_str()) && transitions(lease) == term.number
+}
 
 /// What one attempt found.
 enum Attempt {
+    /// This process holds the Lease in this term.
     Lead(Term, Lease),
-    Follow(Option<String>, Lease),
+    /// The Lease has a holder (or is missing: `None`) and cannot be taken yet.
+    Follow(Option<String>, Option<Lease>),
 }
 
 /// Competes for the Lease and keeps it while it can.
@@ -314,27 +403,28 @@ impl Elector {
             self.election.name
         );
         tracing::info!(identity = %self.identity, lease = %lease_ref, "competing for the Lease");
-        // The last Lease object this process wrote or read, and when it last saw it change.
+        // The last Lease object this process wrote or read.
         let mut last: Option<Lease> = None;
-        let mut observed = Observed {
-            version: None,
-            changed_at: Instant::now(),
-        };
+        let mut observed = Observed::new();
         // Failed attempts in a row: the first is a warning, repeats are debug lines.
         let mut failures = 0u32;
         loop {
-            let leading = self.leadership.role().leads();
-            if !leading && shutdown.is_cancelled() {
+            let term = match self.leadership.role() {
+                Role::Leader(term) => Some(term),
+                Role::Single | Role::Follower => None,
+            };
+            if term.is_none() && shutdown.is_cancelled() {
                 break;
             }
             let started = Instant::now();
             // A leader must have renewed by its renew deadline; an attempt that cannot beat it
             // is abandoned, and the leader steps down.
-            let renewed_at = self.leadership.seen().renewed_at.filter(|_| leading);
+            let renewed_at = self.leadership.seen().renewed_at.filter(|_| term.is_some());
             let deadline = renewed_at.unwrap_or(started) + self.election.renew_deadline;
+            let was_missing = observed.sighting == Sighting::Missing;
             let attempt = tokio::time::timeout_at(
                 deadline,
-                self.attempt(last.clone(), leading, &mut observed),
+                self.attempt(last.take(), term.as_ref(), &mut observed),
             )
             .await
             .unwrap_or(Err(LeaseError::TimedOut));
@@ -342,18 +432,23 @@ impl Elector {
                 tracing::info!(lease = %lease_ref, failures, "the Lease can be read and written again");
                 failures = 0;
             }
+            // When this process, following, may take the Lease over.
+            let mut takeover_at = None;
             match attempt {
                 Ok(Attempt::Lead(term, lease)) => {
                     last = Some(lease);
                     self.renewed(started, term, &lease_ref);
                 }
                 Ok(Attempt::Follow(holder, lease)) => {
-                    last = Some(lease);
-                    self.following(holder, &lease_ref);
+                    let after = takeover_after(self.election.duration, lease.as_ref());
+                    takeover_at = Some(observed.changed_at + after);
+                    if lease.is_none() && !was_missing {
+                        tracing::info!(lease = %lease_ref, create_in = ?after, "the Lease does not exist; it is created once it has stayed missing for the lease duration plus the takeover margin");
+                    }
+                    self.following(holder, lease.is_some(), &lease_ref);
+                    last = lease;
                 }
                 Err(e) => {
-                    // Read the Lease afresh next time.
-                    last = None;
                     if !matches!(e, LeaseError::Conflict) {
                         failures += 1;
                     }
@@ -363,22 +458,15 @@ impl Elector {
             let wait = if self.leadership.role().leads() {
                 self.election.retry_period
             } else {
-                // Followers spread their attempts, as client-go's jitter does, and try again
-                // as soon as the holder's Lease expires, so a killed leader is replaced
-                // within the lease duration.
+                // Followers spread their attempts, as client-go's jitter does, and try again as
+                // soon as the Lease may be taken over.
                 let jittered = self
                     .election
                     .retry_period
                     .mul_f64(1.0 + rand::random::<f64>() * 0.2);
-                let expires_in = last
-                    .as_ref()
-                    .map(|lease| {
-                        (observed.changed_at + held_for(lease))
-                            .saturating_duration_since(Instant::now())
-                            + EXPIRY_SLACK
-                    })
-                    .unwrap_or(jittered);
-                jittered.min(expires_in)
+                takeover_at.map_or(jittered, |at| {
+                    jittered.min(at.saturating_duration_since(Instant::now()))
+                })
             };
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -388,83 +476,167 @@ impl Elector {
         self.release(last, &lease_ref).await;
     }
 
-    /// Reads the Lease (unless `known` is current), then takes it if it is free or expired,
-    /// renews it if held, or reports the holder.
+    /// One attempt: a leader (`term`) renews, a follower reads the Lease and takes it if it can.
     async fn attempt(
         &self,
         known: Option<Lease>,
-        leading: bool,
+        term: Option<&Term>,
         observed: &mut Observed,
     ) -> Result<Attempt, LeaseError> {
-        let now = MicroTime(Timestamp::now());
-        let name = &self.election.name;
-        let seconds = i32::try_from(self.election.duration.as_secs()).unwrap_or(i32::MAX);
-        let lease = match known {
-            // A leader renews the object it wrote last; a conflict sends it back to a read.
-            Some(lease) if leading => lease,
-            _ => match self
-                .api
-                .get_opt(name)
-                .await
-                .map_err(|e| LeaseError::from_kube(e, name))?
-            {
+        match term {
+            Some(term) => self.renew(known, term, observed).await,
+            None => self.compete(observed).await,
+        }
+    }
+
+    /// A leader renews the Lease object it wrote last (or reads it, after a failure). When
+    /// someone else changed it in between (a conflict) it reads it again and renews only if the
+    /// Lease still names it in its term; a Lease naming another holder or term, or a missing one,
+    /// ends its leadership.
+    async fn renew(
+        &self,
+        known: Option<Lease>,
+        term: &Term,
+        observed: &mut Observed,
+    ) -> Result<Attempt, LeaseError> {
+        let mut lease = match known {
+            Some(lease) => lease,
+            None => match self.read(observed).await? {
                 Some(lease) => lease,
-                None => {
-                    let lease = Lease {
-                        metadata: ObjectMeta {
-                            name: Some(name.clone()),
-                            ..ObjectMeta::default()
-                        },
-                        spec: Some(LeaseSpec {
-                            holder_identity: Some(self.identity.clone()),
-                            lease_duration_seconds: Some(seconds),
-                            acquire_time: Some(now.clone()),
-                            renew_time: Some(now),
-                            lease_transitions: Some(0),
-                            ..LeaseSpec::default()
-                        }),
-                    };
-                    let created = self
-                        .api
-                        .create(&PostParams::default(), &lease)
-                        .await
-                        .map_err(|e| LeaseError::from_kube(e, name))?;
-                    return Ok(Attempt::Lead(self.term(0), created));
-                }
+                None => return Ok(Attempt::Follow(None, None)),
             },
         };
-        observed.saw(&lease);
-        let spec = lease.spec.clone().unwrap_or_default();
-        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let lasts = held_for(&lease);
-        let ours = holder.as_deref() == Some(self.identity.as_str());
-        // Expiry is judged by when this process saw the Lease change, not by the holder's
-        // clock, as client-go does.
-        if !ours && holder.is_some() && observed.changed_at.elapsed() < lasts {
-            return Ok(Attempt::Follow(holder, lease));
+        let mut reread = false;
+        loop {
+            if !holds(&lease, term) {
+                return Ok(Attempt::Follow(holder_of(&lease), Some(lease)));
+            }
+            let mut update = lease;
+            let spec = update.spec.take().unwrap_or_default();
+            update.spec = Some(LeaseSpec {
+                lease_duration_seconds: Some(self.seconds()),
+                acquire_time: spec
+                    .acquire_time
+                    .clone()
+                    .or_else(|| Some(MicroTime(Timestamp::now()))),
+                renew_time: Some(MicroTime(Timestamp::now())),
+                ..spec
+            });
+            match self.write(&update).await {
+                Ok(written) => {
+                    observed.saw(&written);
+                    return Ok(Attempt::Lead(term.clone(), written));
+                }
+                Err(LeaseError::Conflict) if !reread => {
+                    reread = true;
+                    lease = match self.read(observed).await? {
+                        Some(lease) => lease,
+                        None => return Ok(Attempt::Follow(None, None)),
+                    };
+                }
+                Err(LeaseError::Missing(_)) => {
+                    observed.missing();
+                    return Ok(Attempt::Follow(None, None));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let transitions = spec.lease_transitions.unwrap_or(0);
-        let (acquire_time, number) = if ours {
-            (spec.acquire_time.clone().or(Some(now.clone())), transitions)
-        } else {
-            (Some(now.clone()), transitions.saturating_add(1))
+    }
+
+    /// A follower reads the Lease and takes it, as a new term, if it has no holder or once it
+    /// has seen it unchanged for long enough; a missing Lease is created once it has been
+    /// missing that long. A Lease naming this process is waited out like any other: this process
+    /// did not take it (someone edited it, or an earlier run under the same identity held it).
+    async fn compete(&self, observed: &mut Observed) -> Result<Attempt, LeaseError> {
+        let Some(lease) = self.read(observed).await? else {
+            if observed.changed_at.elapsed() < takeover_after(self.election.duration, None) {
+                return Ok(Attempt::Follow(None, None));
+            }
+            let number = observed.next_term();
+            let created = self.create(number).await?;
+            observed.saw(&created);
+            return Ok(Attempt::Lead(self.term(number), created));
         };
+        let holder = holder_of(&lease);
+        let after = takeover_after(self.election.duration, Some(&lease));
+        if holder.is_some() && observed.changed_at.elapsed() < after {
+            return Ok(Attempt::Follow(holder, Some(lease)));
+        }
+        let number = observed.next_term();
+        let now = MicroTime(Timestamp::now());
         let mut update = lease;
         update.spec = Some(LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(seconds),
-            acquire_time,
+            lease_duration_seconds: Some(self.seconds()),
+            acquire_time: Some(now.clone()),
             renew_time: Some(now),
             lease_transitions: Some(number),
-            ..spec
+            ..update.spec.take().unwrap_or_default()
         });
-        let written = self
+        match self.write(&update).await {
+            Ok(written) => {
+                observed.saw(&written);
+                Ok(Attempt::Lead(self.term(number), written))
+            }
+            Err(LeaseError::Missing(_)) => {
+                observed.missing();
+                Ok(Attempt::Follow(None, None))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads the Lease, `None` when it does not exist.
+    async fn read(&self, observed: &mut Observed) -> Result<Option<Lease>, LeaseError> {
+        let name = &self.election.name;
+        let lease = self
             .api
-            .replace(name, &PostParams::default(), &update)
+            .get_opt(name)
             .await
             .map_err(|e| LeaseError::from_kube(e, name))?;
-        observed.saw(&written);
-        Ok(Attempt::Lead(self.term(number), written))
+        match &lease {
+            Some(lease) => observed.saw(lease),
+            None => observed.missing(),
+        }
+        Ok(lease)
+    }
+
+    /// Replaces the Lease, provided nobody changed it since `lease` was read.
+    async fn write(&self, lease: &Lease) -> Result<Lease, LeaseError> {
+        let name = &self.election.name;
+        self.api
+            .replace(name, &PostParams::default(), lease)
+            .await
+            .map_err(|e| LeaseError::from_kube(e, name))
+    }
+
+    /// Creates the Lease, held by this process in term `number`.
+    async fn create(&self, number: i32) -> Result<Lease, LeaseError> {
+        let name = &self.election.name;
+        let now = MicroTime(Timestamp::now());
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.identity.clone()),
+                lease_duration_seconds: Some(self.seconds()),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(number),
+                ..LeaseSpec::default()
+            }),
+        };
+        self.api
+            .create(&PostParams::default(), &lease)
+            .await
+            .map_err(|e| LeaseError::from_kube(e, name))
+    }
+
+    /// The lease duration as the Lease records it.
+    fn seconds(&self) -> i32 {
+        i32::try_from(self.election.duration.as_secs()).unwrap_or(i32::MAX)
     }
 
     fn term(&self, number: i32) -> Term {
@@ -492,17 +664,29 @@ impl Elector {
         }
     }
 
-    fn following(&self, holder: Option<String>, lease_ref: &str) {
+    /// Records what a follower saw (`exists`: whether the Lease exists); a leader that finds
+    /// the Lease missing or naming another holder or term steps down.
+    fn following(&self, holder: Option<String>, exists: bool, lease_ref: &str) {
+        let ours = holder.as_deref() == Some(self.identity.as_str());
         {
             let mut seen = self.leadership.seen();
             seen.contact_at = Some(Instant::now());
             if seen.holder != holder {
                 tracing::info!(holder = holder.as_deref().unwrap_or(""), lease = %lease_ref, "following");
+                if ours {
+                    tracing::warn!(lease = %lease_ref, "the Lease names this replica, which did not take it (an edit, or an earlier run under the same identity); it takes the Lease as a new term once it expires");
+                }
             }
             seen.holder.clone_from(&holder);
         }
         if self.leadership.role().leads() {
-            self.lose("another replica holds the Lease", lease_ref);
+            let reason = match (exists, holder.is_some(), ours) {
+                (false, _, _) => "the Lease was deleted",
+                (true, _, true) => "the Lease names this replica in another term",
+                (true, true, false) => "another replica holds the Lease",
+                (true, false, false) => "the Lease was released by someone else",
+            };
+            self.lose(reason, lease_ref);
         }
     }
 
@@ -667,7 +851,7 @@ mod tests {
     }
 
     #[test]
-    fn a_follower_has_no_permit_and_a_leader_one_bounded_by_its_lease() {
+    fn a_follower_has_no_permit_and_a_leader_one_that_ends_at_its_renew_deadline() {
         assert!(Leadership::single().permit().unwrap().deadline.is_none());
         let leadership = Leadership::elected(Duration::from_secs(15));
         assert!(leadership.permit().is_none());
@@ -679,13 +863,103 @@ mod tests {
         };
         leadership.role.send_replace(Role::Leader(term.clone()));
         let permit = leadership.permit().unwrap();
-        assert_eq!(permit.deadline, Some(sent + Duration::from_secs(15)));
+        assert_eq!(permit.deadline, Some(sent + Duration::from_secs(10)));
         assert_eq!(permit.term, Some(term));
-        leadership.seen().renewed_at = Some(sent - Duration::from_secs(15));
+        leadership.seen().renewed_at = Some(sent - Duration::from_secs(10));
         assert!(
             leadership.permit().is_none(),
-            "a Lease that could have expired gives no leave, whatever the role says"
+            "past the renew deadline there is no leave, whatever the role says"
         );
+    }
+
+    fn lease(seconds: Option<i32>, transitions: i32, version: &str) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some("a".into()),
+                lease_duration_seconds: seconds,
+                lease_transitions: Some(transitions),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_follower_takes_over_two_seconds_after_the_longer_of_both_durations() {
+        let own = Duration::from_secs(15);
+        assert_eq!(TAKEOVER_MARGIN, Duration::from_secs(2));
+        assert_eq!(takeover_after(own, None), Duration::from_secs(17));
+        let shortened = lease(Some(1), 0, "1");
+        assert_eq!(
+            takeover_after(own, Some(&shortened)),
+            Duration::from_secs(17)
+        );
+        let lengthened = lease(Some(60), 0, "1");
+        assert_eq!(
+            takeover_after(own, Some(&lengthened)),
+            Duration::from_secs(62)
+        );
+        assert_eq!(
+            takeover_after(own, Some(&lease(None, 0, "1"))),
+            Duration::from_secs(17)
+        );
+        // The leader stops writing a third of the lease duration, plus the margin, before the
+        // earliest takeover: its renewal was sent before any follower saw it.
+        let slack = takeover_after(own, None) - renew_deadline(own);
+        assert_eq!(slack, Duration::from_secs(7));
+        let shortest = Duration::from_secs(3);
+        assert_eq!(
+            takeover_after(shortest, None) - renew_deadline(shortest),
+            Duration::from_secs(3)
+        );
+    }
+
+    #[test]
+    fn the_takeover_clock_restarts_on_every_change_and_on_a_deletion() {
+        let mut observed = Observed::new();
+        assert_eq!(
+            observed.next_term(),
+            0,
+            "nothing seen: a first Lease starts at 0"
+        );
+        let first = observed.changed_at;
+        observed.saw(&lease(Some(15), 4, "10"));
+        let seen = observed.changed_at;
+        assert!(seen >= first);
+        assert_eq!(observed.next_term(), 5);
+        observed.saw(&lease(Some(15), 4, "10"));
+        assert_eq!(observed.changed_at, seen, "the same version is no change");
+        std::thread::sleep(Duration::from_millis(2));
+        observed.missing();
+        let deleted = observed.changed_at;
+        assert!(deleted > seen, "a deletion is a change");
+        observed.missing();
+        assert_eq!(observed.changed_at, deleted);
+        assert_eq!(
+            observed.next_term(),
+            5,
+            "a Lease created again starts above the deleted one's term"
+        );
+        observed.saw(&lease(Some(15), 0, "20"));
+        assert_eq!(observed.next_term(), 5, "terms never go back");
+    }
+
+    #[test]
+    fn a_leader_holds_only_the_holder_and_term_it_wrote() {
+        let term = Term {
+            identity: "a".into(),
+            number: 4,
+        };
+        assert!(holds(&lease(Some(15), 4, "1"), &term));
+        assert!(!holds(&lease(Some(15), 5, "1"), &term), "another term");
+        let mut other = lease(Some(15), 4, "1");
+        other.spec.as_mut().unwrap().holder_identity = Some("b".into());
+        assert!(!holds(&other, &term), "another holder");
+        other.spec.as_mut().unwrap().holder_identity = None;
+        assert!(!holds(&other, &term), "released");
     }
 
     #[test]

@@ -539,9 +539,26 @@ pub struct Term {
 /// The Lease's history from its watch: each term (spec.leaseTransitions) and its holder's
 /// tenure. Fails the test if a term had two holders or the transitions count went backwards.
 pub fn lease_terms(lease: &[Observed]) -> BTreeMap<u64, Term> {
+    lease_terms_with_edits(lease, &[])
+}
+
+/// As [`lease_terms`], for a history in which the test itself wrote the Lease versions `edits`
+/// (by resourceVersion), as someone editing it by hand would. An edit is no writer's term: it
+/// neither ends the open tenure nor begins one, and the Lease's holder learns of it only when it
+/// next renews, so the holder's writes until the next term began still count as its tenure's.
+/// An edit naming another holder or term leaves the open term orphaned: only a new term may
+/// follow it. A deleted Lease leaves its holder's tenure open too (the holder learns of it when
+/// it next renews), and the Lease created again must start above the deleted one's term. Fails
+/// the test if a term had two holders, went on after it was edited away, came back after a
+/// deletion, or if the transitions count went backwards.
+pub fn lease_terms_with_edits(lease: &[Observed], edits: &[u64]) -> BTreeMap<u64, Term> {
     let mut terms: BTreeMap<u64, Term> = BTreeMap::new();
     let mut last = 0;
     let mut current: Option<u64> = None;
+    // The open term was edited to name another holder or term.
+    let mut orphaned = false;
+    // The term of a Lease that was deleted, until the next version.
+    let mut deleted: Option<u64> = None;
     for version in lease {
         let transitions = version.transitions();
         assert!(
@@ -551,10 +568,31 @@ pub fn lease_terms(lease: &[Observed]) -> BTreeMap<u64, Term> {
         last = transitions;
         let rv = version.resource_version();
         let holder = version.holder();
+        if let Some(gone) = deleted.take() {
+            assert!(
+                transitions > gone,
+                "the Lease was created again at term {transitions} after a Lease at term {gone} was deleted"
+            );
+        }
+        if version.kind == "DELETED" {
+            deleted = Some(transitions);
+        }
+        if edits.contains(&rv) {
+            if let Some(open) = current {
+                orphaned |=
+                    holder.as_deref() != Some(terms[&open].holder.as_str()) || transitions != open;
+            }
+            continue;
+        }
         if let Some(open) = current {
+            assert!(
+                !(orphaned && transitions == open),
+                "Lease term {open} went on (resourceVersion {rv}, holder {holder:?}) after an edit named another holder or term"
+            );
             if holder.as_deref() != Some(terms[&open].holder.as_str()) || transitions != open {
                 terms.get_mut(&open).unwrap().until = Some(rv);
                 current = None;
+                orphaned = false;
             }
         }
         if let (Some(holder), None) = (holder, current) {
