@@ -676,3 +676,430 @@ fn rejected_credentials_hold_the_app_back_and_the_events_say_why() {
         "the refresher asked for a token"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sidecar injection by the chart's MutatingAdmissionPolicy (injection.enabled).
+
+const INJECT_LABEL: &str = "fiskil-token-refresher.io/inject";
+const CREDENTIALS_ANNOTATION: &str = "fiskil-token-refresher.io/credentials-secret";
+
+/// The chart's admission policies (and nothing else) installed for one test: bound to its
+/// namespace alone, named after it (they are cluster-scoped), uninstalled when dropped.
+struct Injection<'a> {
+    node: &'a Node,
+    namespace: String,
+}
+
+impl Drop for Injection<'_> {
+    fn drop(&mut self) {
+        // A failure leaves only objects bound to a deleted namespace, gone with the cluster.
+        let _ = self
+            .node
+            .try_helm(&["uninstall", "inject", "-n", &self.namespace, "--wait=false"]);
+    }
+}
+
+/// Installs the policies for `ns` (which gets the namespace label the default selector wants)
+/// and waits until the API server applies them: a dry-run of a labelled pod shows the sidecar.
+fn install_injection<'a>(node: &'a Node, ns: &Namespace, stand_in: &StandIn) -> Injection<'a> {
+    ns.ca_config_map(CA, stand_in.ca_pem());
+    ns.kubectl(&[
+        "label",
+        "namespace",
+        &ns.name,
+        "fiskil-token-refresher.io/injection=enabled",
+    ]);
+    let mut flags = chart_flags(node, stand_in);
+    flags.extend([
+        "--set=standalone.enabled=false".into(),
+        "--set=injection.enabled=true".into(),
+        format!("--set=fullnameOverride=inject-{}", ns.name),
+        format!(
+            "--set=injection.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={}",
+            ns.name
+        ),
+    ]);
+    ns.helm_install("inject", &flags);
+    let guard = Injection {
+        node,
+        namespace: ns.name.clone(),
+    };
+    let probe = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "probe", "namespace": ns.name, "labels": {INJECT_LABEL: "true"}},
+        "spec": app_pod_spec("sleep 1"),
+    })
+    .to_string();
+    eventually(Duration::from_secs(60), "the policy to inject", || {
+        node.kubectl_stdin(
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            &probe,
+        )
+        .contains("\"token-refresher\"")
+    });
+    guard
+}
+
+/// A restricted pod spec whose only container, `app` (UID 10001, busybox), runs `script`.
+fn app_pod_spec(script: &str) -> Value {
+    serde_json::json!({
+        "automountServiceAccountToken": false,
+        "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "app",
+            "image": BUSYBOX,
+            "imagePullPolicy": "Never",
+            "command": ["/bin/sh", "-c", script],
+            "securityContext": {"runAsUser": 10001, "runAsGroup": 10001,
+                                 "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                 "capabilities": {"drop": ["ALL"]}},
+        }],
+    })
+}
+
+/// The app of the injected workloads: reports whether it can read the token, exits on SIGTERM.
+const APP_SCRIPT: &str = r#"trap 'exit 0' TERM
+while true; do
+  if [ -r /var/run/fiskil/token ]; then echo "token file readable"; else echo "no token file"; fi
+  sleep 60 &
+  wait $!
+done"#;
+
+/// A Deployment whose pod template has only the label and the credentials annotation.
+fn labelled_deployment(name: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": name, INJECT_LABEL: "true"},
+                    "annotations": {CREDENTIALS_ANNOTATION: CREDENTIALS},
+                },
+                "spec": app_pod_spec(APP_SCRIPT),
+            },
+        },
+    })
+    .to_string()
+}
+
+/// Names of a list of the pod spec (`containers`, `initContainers`, `volumes`).
+fn names(pod: &Value, list: &str) -> Vec<String> {
+    pod["spec"][list]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The injected pod has the sidecar once, first, native, and each volume and mount once.
+fn assert_injected_once(pod: &Value) {
+    assert_eq!(
+        names(pod, "initContainers"),
+        ["token-refresher"],
+        "init containers"
+    );
+    assert_eq!(pod["spec"]["initContainers"][0]["restartPolicy"], "Always");
+    let mut volumes = names(pod, "volumes");
+    volumes.sort();
+    assert_eq!(
+        volumes,
+        ["fiskil-ca", "fiskil-credentials", "fiskil-token"],
+        "volumes"
+    );
+    let app = &pod["spec"]["containers"][0];
+    let mounts: Vec<&Value> = app["volumeMounts"]
+        .as_array()
+        .expect("the app's volumeMounts")
+        .iter()
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            &serde_json::json!({"name": "fiskil-token", "mountPath": "/var/run/fiskil", "readOnly": true})
+        ],
+        "the app's mounts"
+    );
+    assert_eq!(pod["spec"]["securityContext"]["fsGroup"], 65532);
+}
+
+/// The live pods of `selector` (not being deleted).
+fn live_pods(ns: &Namespace, selector: &str) -> Vec<Value> {
+    ns.json(&["get", "pods", "-l", selector])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a cluster node: FISKIL_CLUSTER_NODE=1 tests/cluster/up.sh DIR, then FISKIL_CLUSTER_DIR=DIR"]
+fn a_label_adds_the_sidecar_the_app_reads_refreshed_tokens_and_nothing_else_changes() {
+    let node = Node::connect();
+    let ns = node.namespace("e2e-inject", true);
+    let stand_in = node.stand_in("e2e-client", "e2e-secret", 6);
+    ns.credentials(CREDENTIALS, "e2e-client", "e2e-secret");
+
+    // An unlabelled pod, as the API server fills in its defaults before any policy exists: a
+    // spec that admission without the policy returns unchanged.
+    let plain = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "plain", "namespace": ns.name, "labels": {"app": "plain"}},
+        "spec": app_pod_spec(APP_SCRIPT),
+    })
+    .to_string();
+    let defaulted: Value = serde_json::from_str(&node.kubectl_stdin(
+        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        &plain,
+    ))
+    .expect("dry-run JSON");
+    let submitted = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "plain", "namespace": ns.name, "labels": {"app": "plain"}},
+        "spec": defaulted["spec"],
+    });
+
+    let _injection = install_injection(&node, &ns, &stand_in);
+
+    // With the policy installed, that unlabelled pod is stored byte for byte as submitted.
+    let created: Value = serde_json::from_str(
+        &node.kubectl_stdin(&["create", "-o", "json", "-f", "-"], &submitted.to_string()),
+    )
+    .expect("created pod JSON");
+    assert_eq!(
+        serde_json::to_string(&created["spec"]).unwrap(),
+        serde_json::to_string(&submitted["spec"]).unwrap(),
+        "the unlabelled pod's spec was changed"
+    );
+
+    // A Deployment with only the label and the credentials annotation.
+    let manifest = labelled_deployment("injected");
+    ns.apply(&manifest);
+    let pod = ns.wait_pod("app=injected", POD_START, "the injected pod", |p| {
+        running(p, "app")
+    });
+    let pod_name = name(&pod);
+    assert_injected_once(&pod);
+    let first = app_token(&ns, &pod_name).expect("the app reads the token");
+    assert!(
+        stand_in.issued().contains(&first),
+        "the app read a token the stand-in never issued"
+    );
+    let mut seen = vec![first];
+    eventually(
+        Duration::from_secs(60),
+        "two refreshed tokens in the app",
+        || {
+            if let Some(token) = app_token(&ns, &pod_name) {
+                if !seen.contains(&token) {
+                    assert!(
+                        stand_in.issued().contains(&token),
+                        "the app read a token the stand-in never issued"
+                    );
+                    seen.push(token);
+                }
+            }
+            seen.len() >= 3
+        },
+    );
+    assert_log_clean(&ns, &pod_name, &stand_in, "e2e-secret");
+
+    // No injector: no webhook configuration, and the release is the policies alone.
+    assert_eq!(
+        node.kubectl(&["get", "mutatingwebhookconfigurations", "-o", "name"])
+            .trim(),
+        "",
+        "a mutating webhook exists"
+    );
+    let manifest_kinds: Vec<String> = node
+        .helm(&["get", "manifest", "inject", "-n", &ns.name])
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: ").map(str::to_owned))
+        .collect();
+    assert!(
+        manifest_kinds
+            .iter()
+            .all(|k| k.ends_with("AdmissionPolicy") || k.ends_with("AdmissionPolicyBinding")),
+        "the release holds more than the policies: {manifest_kinds:?}"
+    );
+    let mut pods: Vec<String> = live_pods(&ns, "app")
+        .iter()
+        .map(|p| {
+            p["metadata"]["labels"]["app"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    pods.sort();
+    assert_eq!(pods, ["injected", "plain"], "pods in the namespace");
+
+    // Re-applying the same Deployment changes nothing: same pod, the sidecar once.
+    let generation = ns.json(&["get", "deployment", "injected"])["metadata"]["generation"].clone();
+    ns.apply(&manifest);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        ns.json(&["get", "deployment", "injected"])["metadata"]["generation"],
+        generation,
+        "re-applying changed the Deployment"
+    );
+    let again = live_pods(&ns, "app=injected");
+    assert_eq!(again.len(), 1, "pods after re-applying");
+    assert_eq!(name(&again[0]), pod_name, "re-applying replaced the pod");
+    assert_injected_once(&again[0]);
+
+    // A rollout makes a new pod, injected once too.
+    ns.kubectl(&["rollout", "restart", "deployment/injected"]);
+    let rolled = ns.wait_pod("app=injected", POD_START, "the rolled pod", |p| {
+        name(p) != pod_name && running(p, "app")
+    });
+    assert_injected_once(&rolled);
+    assert!(
+        app_token(&ns, &name(&rolled)).is_some_and(|t| stand_in.issued().contains(&t)),
+        "the rolled pod's app reads a token"
+    );
+}
+
+#[test]
+#[ignore = "needs a cluster node: FISKIL_CLUSTER_NODE=1 tests/cluster/up.sh DIR, then FISKIL_CLUSTER_DIR=DIR"]
+fn an_injected_job_completes() {
+    let node = Node::connect();
+    let ns = node.namespace("e2e-inject-job", true);
+    let stand_in = node.stand_in("e2e-client", "e2e-secret", 30);
+    ns.credentials(CREDENTIALS, "e2e-client", "e2e-secret");
+    let _injection = install_injection(&node, &ns, &stand_in);
+    let mut spec = app_pod_spec(&format!(
+        "test -s {TOKEN_FILE} && echo 'token file present; done'"
+    ));
+    spec["restartPolicy"] = "Never".into();
+    ns.apply(
+        &serde_json::json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "injected-job"},
+            "spec": {"backoffLimit": 0, "template": {
+                "metadata": {"labels": {"app": "injected-job", INJECT_LABEL: "true"},
+                             "annotations": {CREDENTIALS_ANNOTATION: CREDENTIALS}},
+                "spec": spec,
+            }},
+        })
+        .to_string(),
+    );
+    let started = Instant::now();
+    eventually(POD_START, "the injected Job to complete", || {
+        let job = ns.json(&["get", "job", "injected-job"]);
+        assert!(
+            job["status"]["failed"].as_i64().unwrap_or(0) == 0,
+            "the Job failed: {}",
+            job["status"]
+        );
+        job["status"]["succeeded"] == 1
+    });
+    let pod = ns.json(&["get", "pods", "-l", "app=injected-job"])["items"][0].clone();
+    assert_eq!(names(&pod, "initContainers"), ["token-refresher"]);
+    let log = ns.kubectl(&["logs", &name(&pod), "-c", "app"]);
+    assert!(
+        log.contains("token file present; done"),
+        "the Job's app: {log}"
+    );
+    println!(
+        "measured: injected Job complete {:.1} s after it was created",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Seconds from `kubectl create` of `pod` to its app container running (polled every 100 ms).
+fn start_delay(ns: &Namespace, pod: &Value) -> f64 {
+    let pod_name = pod["metadata"]["name"].as_str().expect("name").to_owned();
+    let started = Instant::now();
+    ns.apply(&pod.to_string());
+    let deadline = started + POD_START;
+    loop {
+        if let Ok(json) = ns.try_kubectl(&["get", "pod", &pod_name, "-o", "json"]) {
+            let live: Value = serde_json::from_str(&json).expect("pod JSON");
+            if running(&live, "app") {
+                return started.elapsed().as_secs_f64();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pod_name}: the app did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore = "needs a cluster node: FISKIL_CLUSTER_NODE=1 tests/cluster/up.sh DIR, then FISKIL_CLUSTER_DIR=DIR"]
+fn measured_pod_start_injected_and_hand_written() {
+    const RUNS: usize = 3;
+    let node = Node::connect();
+    let ns = node.namespace("e2e-inject-start", true);
+    let stand_in = node.stand_in("e2e-client", "e2e-secret", 600);
+    ns.credentials(CREDENTIALS, "e2e-client", "e2e-secret");
+    let _injection = install_injection(&node, &ns, &stand_in);
+    let labelled = |n: usize| {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": format!("injected-{n}"), "labels": {"app": "start", INJECT_LABEL: "true"},
+                         "annotations": {CREDENTIALS_ANNOTATION: CREDENTIALS}},
+            "spec": app_pod_spec(APP_SCRIPT),
+        })
+    };
+    let (mut injected, mut hand_written) = (Vec::new(), Vec::new());
+    let mut template: Option<Value> = None;
+    for n in 0..RUNS {
+        let pod = labelled(n);
+        injected.push(start_delay(&ns, &pod));
+        // The hand-written pod: the spec the policy produced, written out, without the label.
+        let spec = template.get_or_insert_with(|| {
+            let mut spec = ns.json(&["get", "pod", &format!("injected-{n}")])["spec"].clone();
+            let obj = spec.as_object_mut().expect("spec");
+            obj.remove("nodeName");
+            spec
+        });
+        let hand = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": format!("hand-written-{n}"), "labels": {"app": "start"}},
+            "spec": spec,
+        });
+        hand_written.push(start_delay(&ns, &hand));
+        for pod in [format!("injected-{n}"), format!("hand-written-{n}")] {
+            ns.kubectl(&["delete", "pod", &pod, "--wait=false"]);
+        }
+    }
+    let show = |v: &[f64]| {
+        v.iter()
+            .map(|d| format!("{d:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "measured: pod created -> app container running: injected {} s (mean {:.2}), \
+         hand-written {} s (mean {:.2})",
+        show(&injected),
+        mean(&injected),
+        show(&hand_written),
+        mean(&hand_written)
+    );
+    // The policy runs in the API server: no webhook round trip, no noticeable delay.
+    assert!(
+        mean(&injected) < mean(&hand_written) + 2.0,
+        "injected pods start much later than hand-written ones"
+    );
+}

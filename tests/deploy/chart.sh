@@ -73,6 +73,10 @@ summary_of() { # summary_of NAME: "NAME: P passed, F failed" from the checker's 
 
 deploy_log "$("${HELM}" version --short), $("${KUSTOMIZE}" version)"
 
+# helm_args_of VALUES: the words of its "# helm-args:" line, what "helm template" needs to render
+# it (--api-versions: what a cluster's discovery gives helm install).
+helm_args_of() { sed -n 's/^# helm-args: //p' "$1" | head -n 1; }
+
 # ----------------------------------------------------------------- lint ---
 check "helm lint --strict (default values)" "${HELM}" lint --strict "${CHART_DIR}"
 for f in "${DEPLOY_TESTS_DIR}"/values/*.yaml; do
@@ -85,8 +89,10 @@ mkdir -p "${out}/chart"
 for f in "${DEPLOY_TESTS_DIR}"/values/*.yaml; do
     set_name="$(basename "${f}" .yaml)"
     rendered="${out}/chart/${set_name}.yaml"
-    render() {
-        "${HELM}" template "${RELEASE}" "${CHART_DIR}" --namespace "${NAMESPACE}" -f "$1" >"$2"
+    render() { # render VALUES OUT: with the value set's "# helm-args:" (e.g. --api-versions)
+        local extra
+        read -r -a extra <<<"$(helm_args_of "$1")"
+        "${HELM}" template "${RELEASE}" "${CHART_DIR}" --namespace "${NAMESPACE}" -f "$1" "${extra[@]}" >"$2"
     }
     check "helm template -f values/${set_name}.yaml" render "${f}" "${rendered}"
     [[ -s ${rendered} ]] || continue
@@ -136,7 +142,9 @@ import re, sys, yaml
 chart = sys.argv[1]
 values = yaml.safe_load(open(f"{chart}/values.yaml"))
 readme = open(f"{chart}/README.md").read()
-rows = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
+# The rows of the "## Values" section's tables (other tables, such as the annotations', are not values).
+section = readme.split("\n## Values\n", 1)[1].split("\n## ", 1)[0]
+rows = set(re.findall(r"^\| `([^`]+)` \|", section, re.M))
 missing, seen = [], set()
 def walk(d, prefix=""):
     for k, v in d.items():

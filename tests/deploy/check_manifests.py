@@ -594,6 +594,60 @@ def is_sidecar_workload(obj):
     return c is not None and bool(arg_value(c.get("args") or [], "--token-file"))
 
 
+INJECTION_KINDS = ("MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding", "ValidatingAdmissionPolicy",
+                   "ValidatingAdmissionPolicyBinding")
+INJECT_LABEL = "fiskil-token-refresher.io/inject"
+
+
+def check_injection(ck, objs, exp):
+    """The admission policies of injection.enabled: what they match, bind and how they fail. What
+    they do to pods is checked against a real API server (tests/deploy/injection.sh)."""
+    if not exp["values"]["injection"]["enabled"]:
+        ck.check("no admission policies (injection.enabled is false)",
+                 not [o for o in objs if o["kind"] in INJECTION_KINDS])
+        return
+    by_kind = {o["kind"]: o for o in objs if o["kind"] in INJECTION_KINDS}
+    for kind in ("MutatingAdmissionPolicy", "ValidatingAdmissionPolicy"):
+        pol = by_kind.get(kind)
+        if pol is None:
+            ck.check(f"{kind} rendered", False)
+            continue
+        spec = pol["spec"]
+        mc = spec.get("matchConstraints") or {}
+        ck.check(f"{kind}: matches only pod CREATE labelled {INJECT_LABEL}=true",
+                 mc.get("resourceRules") == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                              "resources": ["pods"]}]
+                 and mc.get("objectSelector") == {"matchLabels": {INJECT_LABEL: "true"}}, str(mc))
+        ck.check(f"{kind}: failurePolicy Fail", spec.get("failurePolicy") == "Fail")
+        binding = by_kind.get(kind + "Binding") or {}
+        bspec = binding.get("spec") or {}
+        ck.check(f"{kind}Binding: binds the policy, namespaceSelector from injection.namespaceSelector",
+                 bspec.get("policyName") == pol["metadata"]["name"]
+                 and bspec.get("matchResources", {}).get("namespaceSelector")
+                 == {k: val for k, val in exp["values"]["injection"]["namespaceSelector"].items() if val is not None},
+                 str(bspec))
+    mut = by_kind.get("MutatingAdmissionPolicy")
+    if mut:
+        conds = {c["name"]: c["expression"] for c in mut["spec"].get("matchConditions") or []}
+        ck.check("MutatingAdmissionPolicy: skips pods that have the sidecar (matchCondition no-sidecar-yet)",
+                 'c.name == "token-refresher"' in conds.get("no-sidecar-yet", ""), str(conds))
+        ck.check("MutatingAdmissionPolicy: reinvocationPolicy Never", mut["spec"].get("reinvocationPolicy") == "Never")
+        sidecar = next((m["jsonPatch"]["expression"] for m in mut["spec"].get("mutations") or []
+                        if m.get("patchType") == "JSONPatch" and "/spec/initContainers/0" in m["jsonPatch"]["expression"]),
+                       "")
+        ck.check("MutatingAdmissionPolicy: the sidecar is native (restartPolicy Always) with a startupProbe on /readyz",
+                 'restartPolicy: "Always"' in sidecar and 'startupProbe: Object.spec.initContainers.startupProbe{'
+                 'failureThreshold' in sidecar and '"/readyz"' in sidecar, sidecar[:200])
+        ck.check("MutatingAdmissionPolicy: the sidecar's securityContext is the chart's",
+                 all(f"{k}: {'true' if val is True else 'false' if val is False else val}" in sidecar
+                     for k, val in exp["values"]["securityContext"].items() if not isinstance(val, dict)))
+    vap = by_kind.get("ValidatingAdmissionPolicy")
+    if vap:
+        msgs = [x.get("message", "") for x in vap["spec"].get("validations") or []]
+        ck.check("ValidatingAdmissionPolicy: every message names its annotation",
+                 msgs and all("annotation fiskil-token-refresher.io/" in m for m in msgs), str(msgs))
+
+
 def chart_expectations(args):
     with open(posixpath.join(args.chart_dir, "values.yaml")) as f:
         defaults = yaml.safe_load(f)
@@ -684,6 +738,8 @@ def run_chart(ck, objs, args):
         want.append(("PrometheusRule", exp["fullname"]))
     if v["dashboard"]["enabled"]:
         want.append(("ConfigMap", f"{exp['fullname']}-dashboard"))
+    if v["injection"]["enabled"]:
+        want += [(kind, exp["fullname"]) for kind in INJECTION_KINDS]
     got = sorted((o["kind"], o["metadata"]["name"]) for o in objs)
     ck.check(f"renders exactly {len(want)} objects: {', '.join(k for k, _ in sorted(want))}",
              got == sorted(want), f"got {got}")
@@ -695,7 +751,7 @@ def run_chart(ck, objs, args):
         ck.check(f"{o['kind']}/{o['metadata']['name']}: managed-by Helm, instance {args.release}",
                  labels.get("app.kubernetes.io/managed-by") == "Helm"
                  and labels.get("app.kubernetes.io/instance") == args.release)
-        if o["kind"] not in ("Role", "RoleBinding", "ServiceMonitor", "PrometheusRule", "ConfigMap"):
+        if o["kind"] not in ("Role", "RoleBinding", "ServiceMonitor", "PrometheusRule", "ConfigMap") + INJECTION_KINDS:
             ck.check(f"{o['kind']}/{o['metadata']['name']}: in the release namespace {args.namespace}",
                      o["metadata"].get("namespace") == args.namespace)
         if o["kind"] == "Deployment":
@@ -736,6 +792,7 @@ def run_chart(ck, objs, args):
                      == v["credentials"]["clientSecret"])
 
     check_monitoring(ck, objs, exp, args)
+    check_injection(ck, objs, exp)
 
     workloads = [o for o in objs if pod_spec(o) is not None]
     ck.check("has at least one workload", bool(workloads))

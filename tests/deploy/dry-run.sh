@@ -78,7 +78,9 @@ deploy_log "server: $(k version 2>/dev/null | grep -i '^server' || true)"
 mkdir -p "${out}/rendered"
 for f in "${DEPLOY_TESTS_DIR}"/values/*.yaml; do
     name="chart-$(basename "${f}" .yaml)"
-    "${HELM}" template "${RELEASE}" "${CHART_DIR}" --namespace "${NAMESPACE}" -f "${f}" \
+    # "# helm-args:" in a value set: what helm template needs (--api-versions) to render it.
+    read -r -a extra <<<"$(sed -n 's/^# helm-args: //p' "${f}" | head -n 1)"
+    "${HELM}" template "${RELEASE}" "${CHART_DIR}" --namespace "${NAMESPACE}" -f "${f}" "${extra[@]}" \
         >"${out}/rendered/${name}.yaml"
 done
 for dir in "${REPO_ROOT}"/deploy/*/; do

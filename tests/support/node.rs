@@ -141,6 +141,16 @@ impl Node {
         serde_json::from_str(&self.kubectl(&all)).expect("kubectl JSON")
     }
 
+    /// helm ARGS: its stdout, or `Err` with its stderr.
+    pub fn try_helm(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.command(&self.helm, args).output().expect("run helm");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     pub fn helm(&self, args: &[&str]) -> String {
         let out = self.command(&self.helm, args).output().expect("run helm");
         assert!(
