@@ -1,9 +1,7 @@
 //! The client credentials: read from mounted files (or values), and watched for rotation.
 
 use std::collections::BTreeSet;
-use std::fs::OpenOptions;
-use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::positive_duration;
 use crate::metrics::Metrics;
+use crate::small_file::{self, ReadError};
 
 /// Where the client_id is mounted from the credentials Secret by default.
 pub const DEFAULT_CLIENT_ID_FILE: &str = "/var/run/secrets/fiskil/client_id";
@@ -241,13 +240,6 @@ impl Source {
     }
 }
 
-/// Why a credential file could not be read.
-enum ReadError {
-    NotRegular(&'static str),
-    TooLarge,
-    Io(io::Error),
-}
-
 /// Reads a file, retrying briefly when it vanishes in the middle of a Secret volume update.
 fn read_with_retry(path: &Path) -> Result<String, ReadError> {
     let mut attempt = 1;
@@ -264,33 +256,9 @@ fn read_with_retry(path: &Path) -> Result<String, ReadError> {
     }
 }
 
-/// Reads a regular file (after following symlinks) of at most [`MAX_CREDENTIAL_BYTES`]. The
-/// file is opened without blocking, so a FIFO at the path is an error, not a hang.
+/// Reads a credential file: regular, at most [`MAX_CREDENTIAL_BYTES`], UTF-8.
 fn read_regular(path: &Path) -> Result<String, ReadError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(ReadError::Io)?;
-    let kind = file.metadata().map_err(ReadError::Io)?.file_type();
-    if !kind.is_file() {
-        return Err(ReadError::NotRegular(if kind.is_dir() {
-            "a directory"
-        } else if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_socket() {
-            "a socket"
-        } else {
-            "a device"
-        }));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_CREDENTIAL_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(ReadError::Io)?;
-    if bytes.len() as u64 > MAX_CREDENTIAL_BYTES {
-        return Err(ReadError::TooLarge);
-    }
+    let bytes = small_file::read_regular(path, MAX_CREDENTIAL_BYTES)?;
     String::from_utf8(bytes)
         .map_err(|_| ReadError::Io(io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text")))
 }

@@ -17,6 +17,7 @@ pub mod schedule;
 pub mod serve;
 pub mod signals;
 pub mod sink;
+mod small_file;
 pub mod status;
 pub mod telemetry;
 pub mod trust;

@@ -1,7 +1,6 @@
 //! Notifications after each new token: a JSON `POST` to URLs, a signal to a pid-file process.
 
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,6 +15,7 @@ use crate::cli::is_loopback_url;
 use crate::fiskil::HttpSettings;
 use crate::fiskil::{error_chain, ClientError, Token};
 use crate::metrics::Metrics;
+use crate::small_file::{self, ReadError};
 use crate::status::OutputStatus;
 
 /// Time allowed for one notification request, connection included.
@@ -410,37 +410,22 @@ fn signal_pid_file(name: SignalName, path: &Path) -> Result<i32, String> {
     }
 }
 
-/// Reads the pid from a regular file: a FIFO, a device or a directory is refused before it is
-/// opened, the open never blocks, and at most [`PID_FILE_MAX`] bytes are read.
+/// Reads the pid from a regular file of at most [`PID_FILE_MAX`] bytes (see
+/// [`small_file::read_regular`]: a FIFO or a device is refused, never waited on or read).
 fn read_pid(path: &Path) -> Result<i32, String> {
-    const NOT_REGULAR: &str = "the pid file is not a regular file (a FIFO, device or directory); point --notify-pid-file at the file the process writes its pid to";
-    let metadata = match std::fs::metadata(path) {
-        Ok(metadata) => metadata,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(
-                "the pid file does not exist (is the process running and the volume shared?)"
-                    .to_owned(),
-            )
+    let bytes = small_file::read_regular(path, PID_FILE_MAX).map_err(|e| match e {
+        ReadError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "the pid file does not exist (is the process running and the volume shared?)".to_owned()
         }
-        Err(e) => return Err(format!("cannot read the pid file: {e}")),
-    };
-    if !metadata.is_file() {
-        return Err(NOT_REGULAR.to_owned());
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| format!("cannot read the pid file: {e}"))?;
-    // The path may have been swapped for something else since it was checked.
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return Err(NOT_REGULAR.to_owned());
-    }
-    let mut text = Vec::new();
-    file.take(PID_FILE_MAX)
-        .read_to_end(&mut text)
-        .map_err(|e| format!("cannot read the pid file: {e}"))?;
-    std::str::from_utf8(&text)
+        ReadError::Io(e) => format!("cannot read the pid file: {e}"),
+        ReadError::NotRegular(kind) => format!(
+            "the pid file is not a regular file but {kind}; point --notify-pid-file at the file the process writes its pid to"
+        ),
+        ReadError::TooLarge => format!(
+            "the pid file holds more than {PID_FILE_MAX} bytes; it should hold only a process id"
+        ),
+    })?;
+    std::str::from_utf8(&bytes)
         .ok()
         .and_then(|text| text.trim().parse::<i32>().ok())
         .filter(|pid| *pid > 0)
@@ -570,34 +555,19 @@ mod tests {
     }
 
     #[test]
-    fn only_a_few_bytes_of_a_regular_file_are_read() {
+    fn the_pid_file_holds_only_a_pid_in_a_regular_file() {
         let dir = std::env::temp_dir().join(format!("fiskil-pid-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("fifo.pid");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
-        assert!(read_pid(&fifo).unwrap_err().contains("not a regular file"));
         let zero = dir.join("zero.pid");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
-        assert!(read_pid(&zero).unwrap_err().contains("not a regular file"));
-        assert!(read_pid(&dir).unwrap_err().contains("not a regular file"));
-        let sparse = dir.join("sparse.pid");
-        std::fs::File::create(&sparse)
-            .unwrap()
-            .set_len(2 << 30)
-            .unwrap();
-        assert!(read_pid(&sparse)
-            .unwrap_err()
-            .contains("does not hold a process id"));
+        let err = read_pid(&zero).unwrap_err();
+        assert!(err.contains("not a regular file but a device"), "{err}");
+        let long = dir.join("long.pid");
+        std::fs::write(&long, "1".repeat(33)).unwrap();
+        assert!(read_pid(&long).unwrap_err().contains("more than 32 bytes"));
         let good = dir.join("good.pid");
         std::fs::write(&good, " 4242\n").unwrap();
         assert_eq!(read_pid(&good), Ok(4242));
-        let link = dir.join("link.pid");
-        std::os::unix::fs::symlink(&good, &link).unwrap();
-        assert_eq!(read_pid(&link), Ok(4242));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
