@@ -36,10 +36,11 @@ pub const MAX_RETRY_BODY: usize = 64 * 1024;
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// How long idle upstream connections are kept for reuse.
 pub const POOL_IDLE: Duration = Duration::from_secs(10);
-/// Idle upstream connections kept for reuse; more are closed as their requests end.
-pub const POOL_MAX_IDLE: usize = 8;
 /// Connections the proxy serves at once (each may hold one upstream connection too).
 pub const PROXY_MAX_CONNECTIONS: usize = 128;
+/// Idle upstream connections kept for reuse: as many as the proxy can use at once, so that a
+/// steady load never closes and reopens TLS connections; [`POOL_IDLE`] closes them after it.
+pub const POOL_MAX_IDLE: usize = PROXY_MAX_CONNECTIONS;
 /// How long the upstream has to start answering (its status and headers), counted from
 /// sending the request; then the client gets 504.
 pub const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
