@@ -15,8 +15,8 @@ pub const RELEASE_AGAIN: Duration = POOL_IDLE.saturating_mul(2);
 /// Asks the allocator to return the free pages it keeps, [`RELEASE_DELAY`] from now and again
 /// [`RELEASE_AGAIN`] later. glibc's allocator keeps memory freed in the middle of its heap for
 /// reuse; without this, a sidecar that once served 64 connections through the proxy keeps about
-/// 11 MiB it no longer uses. musl's allocator returns freed memory by itself, so there this does
-/// nothing.
+/// 11 MiB it no longer uses. musl has no such call (its allocator unmaps wholly freed groups
+/// itself), so there this does nothing.
 pub fn release_soon() {
     static PENDING: AtomicBool = AtomicBool::new(false);
     if PENDING.swap(true, Ordering::SeqCst) {
