@@ -42,7 +42,7 @@ pub async fn serve(
         let reply = route(&request, &status, &metrics);
         async move { reply }
     };
-    crate::serve::serve(listener, handler, stop).await;
+    crate::serve::serve(listener, crate::serve::MAX_CONNECTIONS, handler, stop).await;
 }
 
 fn route(request: &Request<Incoming>, status: &Status, metrics: &Metrics) -> Reply {

@@ -168,3 +168,49 @@ fn the_chart_defaults_match_the_binary() {
         "compared only {compared} chart values with the binary's defaults"
     );
 }
+
+#[test]
+fn every_listener_bound_is_in_the_readme_with_its_value() {
+    let readme = readme();
+    let mut shown_as: std::collections::HashMap<String, String> = Default::default();
+    for source in ["src/serve.rs", "src/reach/proxy.rs"] {
+        let text =
+            std::fs::read_to_string(format!("{}/{source}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("pub const ") else {
+                continue;
+            };
+            let (name, rest) = rest.split_once(':').unwrap();
+            let expr = rest.split_once('=').unwrap().1.trim().trim_end_matches(';');
+            let shown = match expr.strip_prefix("Duration::from_secs(") {
+                Some(secs) => format!("{} s", secs.trim_end_matches(')')),
+                None if shown_as.contains_key(expr) => shown_as[expr].clone(),
+                None => {
+                    let value: u64 = expr
+                        .split('*')
+                        .map(|n| n.trim().replace('_', "").parse::<u64>().unwrap())
+                        .product();
+                    if value % 1024 == 0 {
+                        format!("{} KiB", value / 1024)
+                    } else {
+                        value.to_string()
+                    }
+                }
+            };
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with("| `") && l.contains(&format!("`{name}`")))
+                .unwrap_or_else(|| panic!("README's bounds table lacks {name} ({source})"));
+            assert!(
+                row.contains(&shown),
+                "README row of {name} lacks {shown}: {row}"
+            );
+            shown_as.insert(name.to_owned(), shown);
+        }
+    }
+    assert!(
+        shown_as.len() >= 10,
+        "only {} bounds checked",
+        shown_as.len()
+    );
+}

@@ -526,8 +526,8 @@ fn the_health_server_is_dual_stack_and_bounded() {
         "the half-sent request was still open after 30 s: {read:?}"
     );
 
-    // Hundreds of idle connections: only 64 are taken in at once, the rest wait in the
-    // kernel's backlog, and each is closed after the header-read timeout.
+    // Hundreds of idle connections: at most 64 are open at once (each newcomer closes the one
+    // idle longest), and each is closed after the header-read timeout.
     let before = open_fds(daemon.pid());
     let idle: Vec<_> = (0..300)
         .map(|_| std::net::TcpStream::connect(v4).unwrap())

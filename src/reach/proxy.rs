@@ -1,7 +1,6 @@
 //! The authenticating reverse proxy: forwards loopback requests upstream with the current token.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -17,7 +16,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -30,6 +29,7 @@ use crate::fiskil::{error_chain, ClientError, Token};
 use crate::metrics::Metrics;
 use crate::reach::{addressed_to_loopback, check_loopback, ReachConfigError, NOT_LOOPBACK_HOST};
 use crate::refresher::RefreshRequests;
+use crate::serve::{BodyError, Paced, MAX_BUF_SIZE};
 
 /// Request bodies up to this size are kept, so the request can be sent again after a 401.
 pub const MAX_RETRY_BODY: usize = 64 * 1024;
@@ -40,7 +40,18 @@ const REFRESH_WAIT: Duration = Duration::from_secs(3);
 /// doubling each time, up to the rejected token's lifetime; until then 401s go back at once.
 const REFRESH_BACKOFF: Duration = Duration::from_secs(5);
 /// How long idle upstream connections are kept for reuse.
-const POOL_IDLE: Duration = Duration::from_secs(60);
+pub const POOL_IDLE: Duration = Duration::from_secs(10);
+/// Connections the proxy serves at once (each may hold one upstream connection too).
+pub const PROXY_MAX_CONNECTIONS: usize = 128;
+/// Idle upstream connections kept for reuse: as many as the proxy can use at once, so that a
+/// steady load never closes and reopens TLS connections; [`POOL_IDLE`] closes them after it.
+pub const POOL_MAX_IDLE: usize = PROXY_MAX_CONNECTIONS;
+/// How long the upstream has to start answering (its status and headers), counted from
+/// sending the request; then the client gets 504.
+pub const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request body may keep the proxy waiting before it has earned more time by
+/// arriving (see [`crate::serve::MIN_BODY_RATE`]); then the client gets 408.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The proxy's flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -127,6 +138,8 @@ fn check_upstream(raw: &str) -> Result<Url, ProxyConfigError> {
 
 type Tokens = watch::Receiver<Option<Arc<Token>>>;
 type ResponseBody = Either<Incoming, Full<Bytes>>;
+/// A response on its way to the client: the upstream's body is paced like a request body.
+type Answer = Either<Paced, Full<Bytes>>;
 
 /// Forwards requests to one upstream with the current token.
 pub struct Proxy {
@@ -159,7 +172,10 @@ impl Proxy {
             .enable_http1()
             .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
+            .http1_max_buf_size(MAX_BUF_SIZE)
             .build(https);
         let host = config.upstream.host_str().unwrap_or("localhost");
         let authority = match config.upstream.port() {
@@ -189,7 +205,7 @@ impl Proxy {
     }
 
     /// Answers one request: forwards it, or refuses it; logs and counts it.
-    async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Answer> {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
@@ -204,7 +220,10 @@ impl Proxy {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             "proxied"
         );
-        response
+        response.map(|body| match body {
+            Either::Left(upstream) => Either::Left(Paced::new(upstream, UPSTREAM_RESPONSE_TIMEOUT)),
+            Either::Right(own) => Either::Right(own),
+        })
     }
 
     async fn forward(&self, request: Request<Incoming>) -> Response<ResponseBody> {
@@ -215,6 +234,18 @@ impl Proxy {
                     "CONNECT is refused: this is a reverse proxy to {}, not a forward proxy",
                     self.shown_upstream
                 ),
+            );
+        }
+        if request.method() == Method::TRACE {
+            return refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "TRACE is refused: the upstream would echo the token back",
+            );
+        }
+        if request.headers().contains_key(header::UPGRADE) {
+            return refusal(
+                StatusCode::NOT_IMPLEMENTED,
+                "protocol upgrades (WebSocket, h2c) are not proxied",
             );
         }
         let uri = request.uri();
@@ -246,8 +277,17 @@ impl Proxy {
         let (parts, body) = request.into_parts();
         let body = match Outgoing::read(body).await {
             Ok(body) => body,
+            Err(BodyError::TooSlow) => {
+                tracing::warn!(
+                    "the request body came too slowly; answered 408 and closed the connection"
+                );
+                return refusal(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body came too slowly",
+                );
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the request body");
+                tracing::warn!(error = %error_chain(&e), "cannot read the request body");
                 return refusal(StatusCode::BAD_REQUEST, "cannot read the request body");
             }
         };
@@ -321,8 +361,21 @@ impl Proxy {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers.clone();
         request.headers_mut().insert(header::AUTHORIZATION, bearer);
-        self.client.request(request).await.map_err(|e| {
-            let upstream = &self.shown_upstream;
+        let upstream = &self.shown_upstream;
+        let Ok(response) =
+            tokio::time::timeout(UPSTREAM_RESPONSE_TIMEOUT, self.client.request(request)).await
+        else {
+            tracing::warn!(
+                %upstream,
+                timeout = ?UPSTREAM_RESPONSE_TIMEOUT,
+                "the upstream did not answer in time"
+            );
+            return Err(refusal(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("{upstream} did not answer within {UPSTREAM_RESPONSE_TIMEOUT:?}"),
+            ));
+        };
+        response.map_err(|e| {
             tracing::warn!(%upstream, error = %error_chain(&e), "upstream request failed");
             refusal(
                 StatusCode::BAD_GATEWAY,
@@ -456,13 +509,15 @@ enum Outgoing {
     },
     Streamed {
         read: VecDeque<Bytes>,
-        rest: Incoming,
+        rest: Paced,
     },
 }
 
 impl Outgoing {
-    /// Reads up to [`MAX_RETRY_BODY`] bytes; a longer body streams on from there.
-    async fn read(mut body: Incoming) -> Result<Outgoing, hyper::Error> {
+    /// Reads up to [`MAX_RETRY_BODY`] bytes; a longer body streams on from there. The client
+    /// has [`BODY_READ_TIMEOUT`] and then must keep up [`crate::serve::MIN_BODY_RATE`].
+    async fn read(body: Incoming) -> Result<Outgoing, BodyError> {
+        let mut body = Paced::new(body, BODY_READ_TIMEOUT);
         let mut read = VecDeque::new();
         if body.size_hint().lower() > MAX_RETRY_BODY as u64 {
             return Ok(Outgoing::Streamed { read, rest: body });
@@ -503,12 +558,12 @@ impl Outgoing {
 
 impl Body for Outgoing {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             Outgoing::Kept { data, trailers } => Poll::Ready(
                 data.take()
@@ -604,33 +659,14 @@ fn refusal(status: StatusCode, message: &str) -> Response<ResponseBody> {
     response
 }
 
-/// Accepts connections on `listener` and serves them until `shutdown`.
+/// Serves the proxy on `listener` until `shutdown`, bounded like every listener of the daemon
+/// (see [`crate::serve::serve`]), with at most [`PROXY_MAX_CONNECTIONS`] connections.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                tracing::warn!(error = %e, "the proxy cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+    let handler = move |request| {
         let proxy = Arc::clone(&proxy);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(proxy.handle(request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
+        async move { proxy.handle(request).await }
+    };
+    crate::serve::serve(listener, PROXY_MAX_CONNECTIONS, handler, shutdown).await;
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ pub async fn serve(
         let reply = answer(&request, &tokens, SystemTime::now());
         async move { reply }
     };
-    crate::serve::serve(listener, handler, shutdown).await;
+    crate::serve::serve(listener, crate::serve::MAX_CONNECTIONS, handler, shutdown).await;
 }
 
 /// The answer to one request: the token unexpired at `now`, as text or (asked for) JSON.

@@ -286,6 +286,10 @@ check "checker catches missing leader alerts when leaderElection.enabled" mutant
     'r = next(d for d in docs if d["kind"] == "PrometheusRule")["spec"]["groups"][0]; r["rules"] = [x for x in r["rules"] if "Leader" not in x["alert"]]'
 check "checker catches an alert that ignores prometheusRule.selector" mutant_caught monitoring \
     'r = next(d for d in docs if d["kind"] == "PrometheusRule")["spec"]["groups"][0]["rules"][0]; r["expr"] = r["expr"].replace("namespace=\"payments\", ", "")'
+check "checker catches a NetworkPolicy rule open to every peer" mutant_caught network-policy \
+    'next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]["ingress"][0].pop("from")'
+check "checker catches a NetworkPolicy on other pods" mutant_caught network-policy \
+    'next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]["podSelector"] = {}'
 check "checker catches an extra object" mutant_caught standalone-default \
     'docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "fiskil", "labels": {}}})'
 

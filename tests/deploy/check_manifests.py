@@ -529,6 +529,23 @@ def check_service_monitor(ck, objs, writer, expect):
         ck.check(f"{mw}: label {k}={v}", sm["metadata"].get("labels", {}).get(k) == v)
 
 
+def check_network_policy(ck, policy, writer, peers):
+    """Ingress to the writer's pods: only the listed peers, only to its port."""
+    pw = f"NetworkPolicy/{policy['metadata']['name']}"
+    spec = policy["spec"]
+    pod_labels = writer["spec"]["template"]["metadata"].get("labels") or {}
+    selector = spec.get("podSelector", {}).get("matchLabels")
+    ck.check(f"{pw}: selects the writer's pods", bool(selector) and labels_subset(selector, pod_labels))
+    ck.check(f"{pw}: policyTypes [Ingress]", spec.get("policyTypes") == ["Ingress"], str(spec.get("policyTypes")))
+    rules = spec.get("ingress")
+    if not peers:
+        ck.check(f"{pw}: no peer listed, so no ingress rule", rules == [], str(rules))
+        return
+    ok = (isinstance(rules, list) and len(rules) == 1 and rules[0].get("from") == peers
+          and rules[0].get("ports") == [{"port": "http-metrics", "protocol": "TCP"}])
+    ck.check(f"{pw}: one rule, from the {len(peers)} listed peer(s), to port http-metrics", ok, str(rules))
+
+
 ALERTS = ("FiskilTokenExpiringSoon", "FiskilTokenExpired", "FiskilTokenOutputWriteFailing",
           "FiskilCredentialsRejected", "FiskilTokenRefreshFailing", "FiskilTokenRefresherDown",
           "FiskilTokenRefresherAbsent")
@@ -728,6 +745,8 @@ def run_chart(ck, objs, args):
             want.append(("Service", exp["fullname"]))
         if exp["serviceMonitor"]:
             want.append(("ServiceMonitor", exp["fullname"]))
+        if v["networkPolicy"]["enabled"]:
+            want.append(("NetworkPolicy", exp["fullname"]))
     if exp["events"] and v["rbac"]["create"] and (v["standalone"]["enabled"] or v["example"]["enabled"]):
         want += [("Role", f"{exp['fullname']}-events"), ("RoleBinding", f"{exp['fullname']}-events")]
     if v["example"]["enabled"]:
@@ -807,6 +826,8 @@ def run_chart(ck, objs, args):
         check_writer(ck, objs, w, exp)
         if exp["service"]:
             check_service_monitor(ck, objs, w, exp)
+        for policy in (o for o in objs if o["kind"] == "NetworkPolicy"):
+            check_network_policy(ck, policy, w, v["networkPolicy"]["from"])
     for s in sidecars:
         check_sidecar(ck, s, exp["example"], native=True)
         sa_name = pod_spec(s).get("serviceAccountName")
