@@ -91,7 +91,7 @@ fn probe_from(source: [u8; 4], addr: SocketAddr, path: &str, limit: Duration) ->
     let mut stream = connect_from(source, addr, limit).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     stream.set_read_timeout(Some(limit)).ok()?;
@@ -143,7 +143,7 @@ fn the_proxy_closes_idle_trickling_and_non_reading_clients() {
     let header_trickle = std::thread::spawn(move || {
         let mut stream = TcpStream::connect(proxy).unwrap();
         let start = Instant::now();
-        for byte in b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().cycle() {
+        for byte in b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".iter().cycle() {
             if stream.write_all(&[*byte]).is_err() {
                 return Some(start.elapsed());
             }
@@ -158,7 +158,7 @@ fn the_proxy_closes_idle_trickling_and_non_reading_clients() {
     let body_trickle = std::thread::spawn(move || {
         let mut stream = TcpStream::connect(proxy).unwrap();
         stream
-            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n")
             .unwrap();
         let start = Instant::now();
         stream
@@ -186,7 +186,7 @@ fn the_proxy_closes_idle_trickling_and_non_reading_clients() {
     let size: usize = 256 << 20;
     let non_reader = std::thread::spawn(move || {
         let mut stream = TcpStream::connect(proxy).unwrap();
-        write!(stream, "GET /download/{size} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(stream, "GET /download/{size} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
         std::thread::sleep(WRITE_STALL_TIMEOUT + SLACK);
         closed_within(&mut stream, SLACK)
     });
@@ -233,7 +233,7 @@ fn an_upstream_that_never_answers_gets_the_client_a_504() {
     let start = Instant::now();
     let answer = ask(
         proxy,
-        "GET /v1/accounts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /v1/accounts HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         UPSTREAM_RESPONSE_TIMEOUT + SLACK,
     );
     let (status, body) = answer.unwrap_or_else(|| {
@@ -260,14 +260,14 @@ fn the_proxy_refuses_trace_and_protocol_upgrades() {
     let limit = Duration::from_secs(20);
     let (status, answer) = ask(
         proxy,
-        "TRACE /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "TRACE /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         limit,
     )
     .expect("an answer to TRACE");
     assert_eq!(status, 405, "{answer}");
     let (status, answer) = ask(
         proxy,
-        "GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        "GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         limit,
     )
@@ -280,7 +280,7 @@ fn the_proxy_refuses_trace_and_protocol_upgrades() {
     );
     let (status, answer) = ask(
         proxy,
-        "GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         limit,
     )
     .expect("an answer to GET");
@@ -308,7 +308,7 @@ fn churn(
                     let source = [127, 0, 0, 2 + (n % 240) as u8];
                     let mut stream = connect_from(source, target, Duration::from_secs(2)).ok()?;
                     stream
-                        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                         .ok()?;
                     stream.set_nonblocking(true).ok()?;
                     opened.fetch_add(1, Ordering::Relaxed);
@@ -441,7 +441,7 @@ fn more_connections_than_descriptors_leave_the_token_file_and_healthz_working() 
     );
     let answer = ask(
         admin,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         Duration::from_secs(10),
     );
     assert_eq!(answer.map(|(status, _)| status), Some(200), "/healthz");
@@ -468,7 +468,7 @@ fn unfinished_huge_request_heads_do_not_fill_memory() {
     let idle = status_kib(daemon.pid(), "RssAnon");
     // Just under hyper's default 400 KB limit, in a few long header lines (hyper takes at
     // most 100), without the blank line that ends a head.
-    let mut head = b"GET /echo HTTP/1.1\r\nHost: x\r\n".to_vec();
+    let mut head = b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_vec();
     for _ in 0..4 {
         head.extend_from_slice(b"X-Filler: ");
         head.extend(std::iter::repeat_n(b'a', 97 * 1024));
@@ -548,18 +548,18 @@ fn memory_used_by_a_burst_of_proxy_connections_is_given_back() {
                 for i in 0..30 {
                     let (head, body) = match i % 3 {
                         0 => (
-                            "GET /download/262144 HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+                            "GET /download/262144 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_owned(),
                             &[][..],
                         ),
                         1 => (
                             format!(
-                                "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                                "POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
                                 upload.len()
                             ),
                             &upload[..],
                         ),
                         _ => (
-                            "GET /v1/accounts HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+                            "GET /v1/accounts HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_owned(),
                             &[][..],
                         ),
                     };

@@ -250,7 +250,7 @@ def heads_phase(bench, results):
     proc, ports, cgroup, _ = bench.start()
     pid = proc.pid
     # Four long header lines (hyper takes at most 100 headers), no blank line to end the head.
-    head = b"GET /echo HTTP/1.1\r\nHost: x\r\n" + (b"X-Filler: " + b"a" * (97 * 1024) + b"\r\n") * 4
+    head = b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n" + (b"X-Filler: " + b"a" * (97 * 1024) + b"\r\n") * 4
     held = []
     peak = 0
     for port in (ports["proxy"], ports["admin"]):
@@ -296,7 +296,7 @@ def churn_phase(bench, results):
         s.bind((f"127.0.0.{2 + n % 240}", 0))
         s.settimeout(2)
         s.connect(target)
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         s.setblocking(False)
         opened[0] += 1
         return s
@@ -342,7 +342,7 @@ def churn_phase(bench, results):
             s.bind(("127.0.0.250", 0))
             s.settimeout(2)
             s.connect(target)
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             answer = b""
             while True:
                 chunk = s.recv(4096)
