@@ -143,7 +143,10 @@ fn the_proxy_closes_idle_trickling_and_non_reading_clients() {
     let header_trickle = std::thread::spawn(move || {
         let mut stream = TcpStream::connect(proxy).unwrap();
         let start = Instant::now();
-        for byte in b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".iter().cycle() {
+        for byte in b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
             if stream.write_all(&[*byte]).is_err() {
                 return Some(start.elapsed());
             }
@@ -186,7 +189,11 @@ fn the_proxy_closes_idle_trickling_and_non_reading_clients() {
     let size: usize = 256 << 20;
     let non_reader = std::thread::spawn(move || {
         let mut stream = TcpStream::connect(proxy).unwrap();
-        write!(stream, "GET /download/{size} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        write!(
+            stream,
+            "GET /download/{size} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        .unwrap();
         std::thread::sleep(WRITE_STALL_TIMEOUT + SLACK);
         closed_within(&mut stream, SLACK)
     });
