@@ -48,10 +48,22 @@ Signals:
   SIGTERM, SIGINT  finish the current write and exit 0; a second signal exits 1 at once
   SIGHUP           refresh the token now";
 
+/// What `--version` prints after the program name: the crate version, the git commit the binary
+/// was built from ("unknown" when neither `FISKIL_GIT_COMMIT` nor a checkout said) and the build
+/// profile, e.g. `0.1.0 (commit 0123abcd…, release build)`. Set by `build.rs`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FISKIL_GIT_COMMIT"),
+    ", ",
+    env!("FISKIL_BUILD_PROFILE"),
+    " build)"
+);
+
 /// Keeps a valid Fiskil API bearer token in a file and/or a Kubernetes Secret, refreshed before it
 /// expires.
 #[derive(Parser, Debug)]
-#[command(name = "fiskil-token-refresher", version, after_help = AFTER_HELP, max_term_width = 100,
+#[command(name = "fiskil-token-refresher", version = VERSION, after_help = AFTER_HELP, max_term_width = 100,
           args_conflicts_with_subcommands = true, disable_help_subcommand = true)]
 pub struct Args {
     #[command(subcommand)]

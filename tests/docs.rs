@@ -214,3 +214,43 @@ fn every_listener_bound_is_in_the_readme_with_its_value() {
         shown_as.len()
     );
 }
+
+/// `--version` names the version, the git commit the binary was built from and its build profile,
+/// as the README says; a binary built from this checkout names its HEAD.
+#[test]
+fn version_names_the_commit_and_the_build_profile() {
+    let output = Command::new(support::Daemon::binary())
+        .arg("--version")
+        .output()
+        .expect("run --version");
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let line = text.trim_end();
+    let prefix = concat!(
+        "fiskil-token-refresher ",
+        env!("CARGO_PKG_VERSION"),
+        " (commit "
+    );
+    let rest = line
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{line:?} does not start with {prefix:?}"));
+    let (commit, profile) = rest
+        .strip_suffix(" build)")
+        .and_then(|r| r.split_once(", "))
+        .unwrap_or_else(|| panic!("{line:?} does not end with \", PROFILE build)\""));
+    assert!(["debug", "release"].contains(&profile), "{line:?}");
+    let head = Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned());
+    match head {
+        Some(head) => assert_eq!(commit, head, "{line:?} should name this checkout's HEAD"),
+        None => assert!(commit == "unknown" || commit.bytes().all(|b| b.is_ascii_hexdigit())),
+    }
+    assert!(
+        readme().contains("fiskil-token-refresher --version"),
+        "the README shows --version"
+    );
+}

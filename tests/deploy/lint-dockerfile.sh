@@ -64,8 +64,8 @@ check "runtime stage copies only the binary from the builder" \
     "$(last_stage | grep -E '^(COPY|ADD)')" = "COPY --from=builder /fiskil-token-refresher /fiskil-token-refresher"
 check "runtime stage has no RUN (no shell needed)" \
     test "$(last_stage | grep -cE '^RUN')" = 0
-check "builder targets x86_64-unknown-linux-musl with --locked" \
-    grep -qF 'cargo build --release --locked --target x86_64-unknown-linux-musl -p fiskil-token-refresher' "${DOCKERFILE}"
+check "builder targets x86_64-unknown-linux-musl with --locked, dependency list embedded (cargo auditable)" \
+    grep -qF 'cargo auditable build --release --locked --target x86_64-unknown-linux-musl -p fiskil-token-refresher' "${DOCKERFILE}"
 check "port 9847 is exposed" grep -qx 'EXPOSE 9847' <(last_stage)
 check ".dockerignore keeps target/ and .git/ out (allowlist starting with '*')" \
     test "$(grep -vE '^[[:space:]]*(#|$)' "${REPO_ROOT}/.dockerignore" | head -n 1)" = "*"

@@ -16,7 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TARGET=x86_64-unknown-linux-musl
 # The builder stage's command, word for word; checked against the Dockerfile.
-CARGO_CMD=(cargo build --release --locked --target "${TARGET}" -p fiskil-token-refresher)
+CARGO_CMD=(cargo auditable build --release --locked --target "${TARGET}" -p fiskil-token-refresher)
 MAX_BYTES=$((15 * 1000 * 1000))
 
 skip() {
@@ -47,6 +47,11 @@ if ! command -v musl-gcc >/dev/null 2>&1; then
     fi
 fi
 
+# cargo-auditable (crates.io, pinned in lib.sh) embeds the dependency list.
+auditable_bin="$("${DEPLOY_TESTS_DIR}/cargo-tool.sh" cargo-auditable)" ||
+    deploy_die "cannot install cargo-auditable"
+export PATH="${auditable_bin%/*}:${PATH}"
+
 # ------------------------------------------------------- build context ---
 # Copy what .dockerignore lets through. It is an allowlist: "*" then "!path".
 context_dir="$(mktemp -d)"
@@ -74,6 +79,15 @@ dockerfile_has_cmd() {
     grep -qF -- "${CARGO_CMD[*]}" "${REPO_ROOT}/Dockerfile"
 }
 check "Dockerfile builds with: ${CARGO_CMD[*]}" dockerfile_has_cmd
+dockerfile_pins_auditable() {
+    grep -qx "ARG CARGO_AUDITABLE_VERSION=${CARGO_AUDITABLE_VERSION}" "${REPO_ROOT}/Dockerfile" &&
+        grep -qx "ARG FISKIL_GIT_COMMIT=unknown" "${REPO_ROOT}/Dockerfile"
+}
+check "Dockerfile installs cargo-auditable ${CARGO_AUDITABLE_VERSION} and takes FISKIL_GIT_COMMIT" dockerfile_pins_auditable
+
+# The context has no .git, as in a Docker build: pass the commit as the Dockerfile's build
+# argument does.
+git_commit="$(git -C "${REPO_ROOT}" rev-parse HEAD 2>/dev/null || echo unknown)"
 
 # ---------------------------------------------------------------- build ---
 target_dir="${FISKIL_STATIC_TARGET_DIR:-${REPO_ROOT}/target/static-musl}"
@@ -81,7 +95,7 @@ mkdir -p "${target_dir}"
 deploy_log "building in a copy of the Docker build context: ${CARGO_CMD[*]}"
 start=${SECONDS}
 build_ok=1
-(cd "${context_dir}" && CARGO_TARGET_DIR="${target_dir}" nice -n "${FISKIL_BUILD_NICE:-10}" "${CARGO_CMD[@]}") >&2 || build_ok=0
+(cd "${context_dir}" && FISKIL_GIT_COMMIT="${git_commit}" CARGO_TARGET_DIR="${target_dir}" nice -n "${FISKIL_BUILD_NICE:-10}" "${CARGO_CMD[@]}") >&2 || build_ok=0
 deploy_log "cargo build took $((SECONDS - start))s"
 binary="${target_dir}/${TARGET}/release/fiskil-token-refresher"
 check "cargo build for ${TARGET} from the .dockerignore context" test "${build_ok}" -eq 1 -a -x "${binary}"
@@ -109,6 +123,38 @@ check "binary is statically linked (no ELF interpreter)" elf_static
 
 size=$(stat -c %s "${binary}")
 check "binary is ${size} bytes (< ${MAX_BYTES}; distroless/static adds about 2 MB)" test "${size}" -lt "${MAX_BYTES}"
+
+# cargo-auditable's section: the dependency list as zlib-compressed JSON.
+has_dependency_list() {
+    python3 - "${binary}" <<'PY'
+import json, struct, sys, zlib
+with open(sys.argv[1], "rb") as f:
+    data = f.read()
+shoff, = struct.unpack_from("<Q", data, 0x28)
+shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+def section(i):
+    name, _type, _flags, _addr, offset, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+    return name, offset, size
+_, str_off, _ = section(shstrndx)
+for i in range(shnum):
+    name, offset, size = section(i)
+    if data[str_off + name:data.index(b"\0", str_off + name)] == b".dep-v0":
+        deps = json.loads(zlib.decompress(data[offset:offset + size]))
+        names = {p["name"] for p in deps["packages"]}
+        assert {"fiskil-token-refresher", "rustls", "ring", "kube-client"} <= names, names
+        print(len(deps["packages"]), "packages in .dep-v0")
+        sys.exit(0)
+sys.exit(".dep-v0 section not found")
+PY
+}
+check "binary carries its dependency list (cargo auditable, .dep-v0)" has_dependency_list
+
+version_names_commit() {
+    local out
+    out="$("${binary}" --version)" || return 1
+    grep -qx "fiskil-token-refresher [0-9.]* (commit ${git_commit}, release build)" <<<"${out}"
+}
+check "--version names commit ${git_commit} and the release profile" version_names_commit
 
 no_openssl() {
     local tree
