@@ -48,16 +48,6 @@ fn lease_timing() -> (Duration, Duration) {
     (lease, lease * 2 / 15)
 }
 
-/// Token requests the stand-in received.
-fn exchanges(fixture: &Fixture) -> usize {
-    fixture
-        .stand_in
-        .seen()
-        .iter()
-        .filter(|s| s.path == fiskil_stand_in::TOKEN_PATH)
-        .count()
-}
-
 fn assert_clean(fixture: &Fixture, writers: &[&Writer]) {
     for writer in writers {
         fixture.assert_logs_clean(&writer.daemon);
@@ -131,9 +121,9 @@ async fn only_the_leader_exchanges_over_a_steady_minute() {
     }
 
     let steady = Duration::from_secs(env_u64("FISKIL_FLEET_STEADY_SECONDS", 60));
-    let before = exchanges(&fixture);
+    let before = fixture.token_requests();
     tokio::time::sleep(steady).await;
-    let during = exchanges(&fixture) - before;
+    let during = fixture.token_requests() - before;
 
     let (mut leaders, mut followers): (Vec<&mut Writer>, Vec<&mut Writer>) =
         writers.iter_mut().partition(|w| w.identity == leader);
@@ -169,13 +159,13 @@ async fn only_the_leader_exchanges_over_a_steady_minute() {
     }
     // Followers never sent a request, so every request the stand-in saw is the leader's: its
     // own count reaches the stand-in's and never passes it.
-    let seen = exchanges(&fixture);
+    let seen = fixture.token_requests();
     wait_for(
         Duration::from_secs(10),
         "the leader's count to reach the stand-in's",
         || chief.requests() >= seen as f64,
     );
-    assert!(chief.requests() <= exchanges(&fixture) as f64);
+    assert!(chief.requests() <= fixture.token_requests() as f64);
     // 20 s tokens refreshed at 75-80 % of their lifetime: one exchange every 15-16 s.
     let most = (steady.as_secs_f64() / 15.0).floor() as usize + 1;
     let least = ((steady.as_secs_f64() / 16.0).floor() as usize)
@@ -536,7 +526,7 @@ async fn events_mark_each_state_change_and_a_long_outage_makes_no_storm() {
 
     // A long outage: the daemon retries every 1-2 s, the Events record the state change once.
     let before = list().await;
-    let requests_before = exchanges(&fixture);
+    let requests_before = fixture.token_requests();
     fixture
         .stand_in
         .set_default(Behaviour::Fail { status: 503 });
@@ -544,7 +534,7 @@ async fn events_mark_each_state_change_and_a_long_outage_makes_no_storm() {
     let outage = Duration::from_secs(env_u64("FISKIL_FLEET_OUTAGE_SECONDS", 60));
     tokio::time::sleep(outage).await;
     let during = list().await;
-    let retries = exchanges(&fixture) - requests_before;
+    let retries = fixture.token_requests() - requests_before;
     fixture.stand_in.set_default(Behaviour::Issue {
         expires_in: lifetime,
     });

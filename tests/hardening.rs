@@ -605,15 +605,6 @@ fn secret_applies_are_bounded_never_retried_behind_the_outputs_back_and_follow_k
     fixture.assert_logs_clean(&daemon);
 }
 
-fn token_requests(fixture: &Fixture) -> usize {
-    fixture
-        .stand_in
-        .seen()
-        .iter()
-        .filter(|s| s.path == fiskil_stand_in::TOKEN_PATH)
-        .count()
-}
-
 #[test]
 fn a_storm_of_sighups_sends_one_token_request_per_min_refresh_interval() {
     let fixture = Fixture::new("sighup-storm", 900);
@@ -625,7 +616,7 @@ fn a_storm_of_sighups_sends_one_token_request_per_min_refresh_interval() {
         daemon.signal("HUP");
     }
     std::thread::sleep(Duration::from_secs(3));
-    let sent = token_requests(&fixture);
+    let sent = fixture.token_requests();
     println!(
         "measured: {sent} token requests in all after 50 SIGHUPs within --min-refresh-interval"
     );
@@ -679,7 +670,7 @@ fn a_pid_file_naming_a_thread_of_the_daemon_is_refused() {
     std::thread::sleep(Duration::from_millis(1500));
     daemon.signal("HUP");
     std::thread::sleep(Duration::from_secs(5));
-    let sent = token_requests(&fixture);
+    let sent = fixture.token_requests();
     println!("measured: {sent} token requests in all, 5 s after a SIGHUP with the pid file naming a daemon thread");
     assert!(
         sent <= 3,

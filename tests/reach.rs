@@ -755,14 +755,7 @@ fn proxy_refreshes_once_on_401_and_retries_python_clients() {
     assert_eq!(big["download_ok"], true);
 
     // Revoked token, many concurrent small requests: one refresh, every request retried.
-    let token_requests = |f: &Fixture| {
-        f.stand_in
-            .seen()
-            .iter()
-            .filter(|s| s.path == fiskil_stand_in::TOKEN_PATH)
-            .count()
-    };
-    let before = token_requests(&fixture);
+    let before = fixture.token_requests();
     fixture.stand_in.revoke_all();
     let statuses = python(&base, &["concurrent", "32"]);
     let statuses: Vec<u64> = serde_json::from_value(statuses).unwrap();
@@ -771,7 +764,7 @@ fn proxy_refreshes_once_on_401_and_retries_python_clients() {
         vec![200; 32],
         "every request retried with the new token"
     );
-    assert_eq!(token_requests(&fixture), before + 1, "exactly one refresh");
+    assert_eq!(fixture.token_requests(), before + 1, "exactly one refresh");
     let unauthorized = fixture
         .stand_in
         .api_seen()
@@ -793,7 +786,7 @@ fn proxy_refreshes_once_on_401_and_retries_python_clients() {
     // A body too large to keep is not retried: the 401 passes through (after the refresh
     // pause, so that a new refresh may be asked for).
     std::thread::sleep(Duration::from_secs(6));
-    let before = token_requests(&fixture);
+    let before = fixture.token_requests();
     fixture.stand_in.revoke_all();
     let large = "x".repeat(100 * 1024);
     let answer = python(&base, &["one", "/echo/large", &large]);
@@ -801,23 +794,14 @@ fn proxy_refreshes_once_on_401_and_retries_python_clients() {
     wait_for(
         Duration::from_secs(10),
         "the refresh the 401 asked for",
-        || token_requests(&fixture) == before + 1,
+        || fixture.token_requests() == before + 1,
     );
     wait_for(Duration::from_secs(10), "the new token", || {
         python(&base, &["one", "/echo/after"])["status"] == 200
     });
-    assert_eq!(token_requests(&fixture), before + 1);
+    assert_eq!(fixture.token_requests(), before + 1);
     daemon.wait_log("the upstream answered 401");
     fixture.assert_logs_clean(&daemon);
-}
-
-fn token_requests(fixture: &Fixture) -> usize {
-    fixture
-        .stand_in
-        .seen()
-        .iter()
-        .filter(|s| s.path == fiskil_stand_in::TOKEN_PATH)
-        .count()
 }
 
 /// The time one request takes, with its status.
@@ -905,7 +889,7 @@ fn a_401_while_the_token_endpoint_is_limited_never_stalls_the_client() {
     wait_for(
         Duration::from_secs(10),
         "the refresh the 401 asked for",
-        || token_requests(&fixture) == 2,
+        || fixture.token_requests() == 2,
     );
     // The refresh failed with Retry-After: later requests on the same token do not wait.
     let mut slowest = Duration::ZERO;
@@ -924,7 +908,7 @@ fn a_401_while_the_token_endpoint_is_limited_never_stalls_the_client() {
         "a later 401 on the same token waited {slowest:?}; it should pass straight back"
     );
     assert_eq!(
-        token_requests(&fixture),
+        fixture.token_requests(),
         2,
         "Retry-After: 300 is obeyed: no further token request"
     );
@@ -940,7 +924,7 @@ fn an_upstream_that_always_answers_401_is_asked_for_new_tokens_ever_more_rarely(
     });
     std::thread::sleep(Duration::from_millis(1500));
     fixture.stand_in.refuse_all_tokens();
-    let before = token_requests(&fixture);
+    let before = fixture.token_requests();
     // 25 s of requests: new tokens may be asked for at 0, 5 and 15 s (backoff 5 s, doubling);
     // one every 5 s would be 6.
     let started = std::time::Instant::now();
@@ -954,7 +938,7 @@ fn an_upstream_that_always_answers_401_is_asked_for_new_tokens_ever_more_rarely(
         answered += 1;
         std::thread::sleep(Duration::from_millis(200));
     }
-    let asked = token_requests(&fixture) - before;
+    let asked = fixture.token_requests() - before;
     println!("{asked} token requests for {answered} requests answered 401 in 25 s");
     assert!(
         (1..=4).contains(&asked),

@@ -173,6 +173,15 @@ impl Fixture {
         self.volume.rotate(client_id, client_secret);
     }
 
+    /// Token requests the stand-in received.
+    pub fn token_requests(&self) -> usize {
+        self.stand_in
+            .seen()
+            .iter()
+            .filter(|s| s.path == fiskil_stand_in::TOKEN_PATH)
+            .count()
+    }
+
     pub fn read_token(&self) -> Option<String> {
         std::fs::read_to_string(self.token_file()).ok()
     }
