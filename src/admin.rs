@@ -9,7 +9,7 @@ use hyper::{Method, Request, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::lease::Role;
+use crate::leadership::Role;
 use crate::metrics::Metrics;
 use crate::serve::{reply, Reply};
 use crate::status::Status;
@@ -17,7 +17,7 @@ use crate::status::Status;
 /// The health and metrics server.
 #[derive(clap::Args, Debug)]
 #[command(next_help_heading = "Health and metrics")]
-pub struct AdminArgs {
+pub(crate) struct AdminArgs {
     /// Address of the health and metrics server (/healthz, /readyz, /metrics); [::] accepts
     /// IPv4 and IPv6 (IPv4 only where IPv6 is off); port 0 picks one
     #[arg(
@@ -32,7 +32,7 @@ pub struct AdminArgs {
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves the endpoints on `listener` until `stop`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     status: Arc<Status>,
     metrics: Arc<Metrics>,

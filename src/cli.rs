@@ -6,10 +6,10 @@ use std::time::Duration;
 use url::{Host, Url};
 
 /// The longest duration accepted by any option, to catch unit mistakes.
-pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses a human duration such as `500ms`, `30s` or `5m`: greater than zero, at most a day.
-pub fn positive_duration(raw: &str) -> Result<Duration, String> {
+pub(crate) fn positive_duration(raw: &str) -> Result<Duration, String> {
     let value = humantime::parse_duration(raw)
         .map_err(|e| format!("{e}; write a duration such as 500ms, 30s or 5m"))?;
     if value.is_zero() {
@@ -22,7 +22,7 @@ pub fn positive_duration(raw: &str) -> Result<Duration, String> {
 }
 
 /// Parses octal permissions such as `0640` or `0o640`.
-pub fn file_mode(raw: &str) -> Result<u32, String> {
+pub(crate) fn file_mode(raw: &str) -> Result<u32, String> {
     let digits = raw.strip_prefix("0o").unwrap_or(raw);
     match u32::from_str_radix(digits, 8) {
         Ok(mode) if mode <= 0o777 => Ok(mode),
@@ -31,7 +31,7 @@ pub fn file_mode(raw: &str) -> Result<u32, String> {
 }
 
 /// Whether the URL's host is `localhost` or a loopback address.
-pub fn is_loopback_url(url: &Url) -> bool {
+pub(crate) fn is_loopback_url(url: &Url) -> bool {
     match url.host() {
         Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
         Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
@@ -41,7 +41,7 @@ pub fn is_loopback_url(url: &Url) -> bool {
 }
 
 /// A DNS label (`dots` false) or subdomain (`dots` true) of at most `max` characters.
-pub fn dns_name(text: &str, dots: bool, max: usize) -> bool {
+pub(crate) fn dns_name(text: &str, dots: bool, max: usize) -> bool {
     let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     text.len() <= max
         && edge(text.chars().next())

@@ -10,8 +10,9 @@ use crate::admin::AdminArgs;
 use crate::credentials::{CredentialArgs, CredentialSources, CredentialTwice};
 use crate::explain::ExplainArgs;
 use crate::fiskil::{HttpArgs, HttpArgsError, HttpSettings};
-use crate::fleet::events::EventArgs;
-use crate::fleet::lease::{Election, LeaseArgs, LeaseArgsError};
+use crate::kubernetes::client::Downward;
+use crate::kubernetes::events::EventArgs;
+use crate::kubernetes::lease::{Election, LeaseArgs, LeaseArgsError};
 use crate::reach::{Reach, ReachArgs, ReachConfigError};
 use crate::refresher::OnceArgs;
 use crate::schedule::{Timing, TimingArgs, TimingError};
@@ -51,7 +52,7 @@ Signals:
 /// What `--version` prints after the program name: the crate version, the git commit the binary
 /// was built from ("unknown" when neither `FISKIL_GIT_COMMIT` nor a checkout said) and the build
 /// profile, e.g. `0.1.0 (commit 0123abcd…, release build)`. Set by `build.rs`.
-pub const VERSION: &str = concat!(
+pub(crate) const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("FISKIL_GIT_COMMIT"),
@@ -66,30 +67,31 @@ pub const VERSION: &str = concat!(
 #[command(name = "fiskil-token-refresher", version = VERSION, after_help = AFTER_HELP, max_term_width = 100,
           args_conflicts_with_subcommands = true, disable_help_subcommand = true)]
 pub struct Args {
+    /// A subcommand to run instead of the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub http: HttpArgs,
+    pub(crate) http: HttpArgs,
     #[command(flatten)]
-    pub credentials: CredentialArgs,
+    pub(crate) credentials: CredentialArgs,
     #[command(flatten)]
-    pub file: FileArgs,
+    pub(crate) file: FileArgs,
     #[command(flatten)]
-    pub secret: SecretArgs,
+    pub(crate) secret: SecretArgs,
     #[command(flatten)]
-    pub lease: LeaseArgs,
+    pub(crate) lease: LeaseArgs,
     #[command(flatten)]
-    pub events: EventArgs,
+    pub(crate) events: EventArgs,
     #[command(flatten)]
-    pub timing: TimingArgs,
+    pub(crate) timing: TimingArgs,
     #[command(flatten)]
-    pub admin: AdminArgs,
+    pub(crate) admin: AdminArgs,
     #[command(flatten)]
-    pub once: OnceArgs,
+    pub(crate) once: OnceArgs,
     #[command(flatten)]
-    pub reach: ReachArgs,
+    pub(crate) reach: ReachArgs,
     #[command(flatten)]
-    pub log: LogArgs,
+    pub(crate) log: LogArgs,
 }
 
 /// What to do instead of running the daemon.
@@ -103,26 +105,37 @@ pub enum Command {
 /// A configuration mistake, reported as one line before anything is sent.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A bad endpoint, timeout, trust or proxy option.
     #[error(transparent)]
     Http(#[from] HttpArgsError),
+    /// A credential given twice (file and environment).
     #[error(transparent)]
     Credentials(#[from] CredentialTwice),
+    /// A bad Secret output option.
     #[error(transparent)]
     Secret(#[from] SecretArgsError),
+    /// A bad leader election option.
     #[error(transparent)]
     Lease(#[from] LeaseArgsError),
+    /// A bad timing option.
     #[error(transparent)]
     Timing(#[from] TimingError),
+    /// A bad log level.
     #[error(transparent)]
     Log(#[from] LogLevelError),
+    /// A bad notification, token endpoint or proxy option.
     #[error(transparent)]
     Reach(#[from] ReachConfigError),
+    /// Neither a file nor a Secret output.
     #[error("no output configured: give --token-file PATH and/or --secret-name NAME (or --secret NAMESPACE/NAME)")]
     NoOutput,
+    /// Leader election without a Secret output, or with per-pod features.
     #[error("--leader-elect is for the Secret writer: give --secret-name or --secret, and drop --token-file, --once, --notify-*, --token-listen and --proxy-listen (a standby replica holds no token to hand out)")]
     LeaderWithoutSecret,
+    /// Events with nothing to report about.
     #[error("--events needs an object to report about: set POD_NAME (and POD_NAMESPACE) from the downward API, or give a Secret output")]
     EventsWithoutObject,
+    /// `--once` with features that need the daemon running.
     #[error("--once exits after one token; --notify-*, --token-listen and --proxy-listen need the daemon running, so drop them or --once")]
     OnceWithReach,
 }
@@ -130,25 +143,30 @@ pub enum ConfigError {
 /// Everything the daemon needs, validated.
 #[derive(Debug)]
 pub struct Config {
-    pub http: HttpSettings,
-    pub credentials: CredentialSources,
-    pub file: Option<FileOutput>,
-    pub secret: Option<SecretOutput>,
+    pub(crate) http: HttpSettings,
+    pub(crate) credentials: CredentialSources,
+    pub(crate) file: Option<FileOutput>,
+    pub(crate) secret: Option<SecretOutput>,
     /// With `--leader-elect`.
-    pub election: Option<Election>,
+    pub(crate) election: Option<Election>,
     /// `--events`.
-    pub events: bool,
-    pub timing: Timing,
-    pub listen: SocketAddr,
+    pub(crate) events: bool,
+    pub(crate) timing: Timing,
+    pub(crate) listen: SocketAddr,
     /// `Some(timeout)` with `--once`.
-    pub once: Option<Duration>,
+    pub(crate) once: Option<Duration>,
     /// How applications reach the token besides the outputs.
-    pub reach: Reach,
-    pub log: LogArgs,
+    pub(crate) reach: Reach,
+    pub(crate) log: LogArgs,
+    /// `RUST_LOG`, which overrides `--log-level`.
+    pub(crate) rust_log: Option<String>,
+    /// What the downward API says about the pod.
+    pub(crate) downward: Downward,
 }
 
 impl Config {
-    /// Validates each group, then what crosses groups; `env` looks up the credential values.
+    /// Validates each group, then what crosses groups. `env` is the only way to the process
+    /// environment: credential values, proxies, trust bundles, `RUST_LOG` and the downward API.
     pub fn from_args(
         args: Args,
         env: impl Fn(&str) -> Option<String>,
@@ -174,7 +192,8 @@ impl Config {
             return Err(ConfigError::LeaderWithoutSecret);
         }
         let events = args.events.events;
-        if events && secret.is_none() && env("POD_NAME").is_none_or(|name| name.is_empty()) {
+        let downward = Downward::from_env(&env);
+        if events && secret.is_none() && downward.name.is_none() {
             return Err(ConfigError::EventsWithoutObject);
         }
         Ok(Config {
@@ -189,7 +208,16 @@ impl Config {
             once: args.once.deadline(),
             reach,
             log: args.log,
+            rust_log: env("RUST_LOG"),
+            downward,
         })
+    }
+}
+
+impl Config {
+    /// Installs the global log subscriber: `--log-level` and `--log-format`, or `RUST_LOG`.
+    pub fn init_logging(&self) {
+        crate::telemetry::init(&self.log, self.rust_log.as_deref());
     }
 }
 

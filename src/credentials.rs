@@ -10,24 +10,25 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cli::positive_duration;
 use crate::metrics::Metrics;
 use crate::small_file::{self, ReadError};
 
 /// Where the client_id is mounted from the credentials Secret by default.
-pub const DEFAULT_CLIENT_ID_FILE: &str = "/var/run/secrets/fiskil/client_id";
+pub(crate) const DEFAULT_CLIENT_ID_FILE: &str = "/var/run/secrets/fiskil/client_id";
 /// Where the client_secret is mounted from the credentials Secret by default.
-pub const DEFAULT_CLIENT_SECRET_FILE: &str = "/var/run/secrets/fiskil/client_secret";
+pub(crate) const DEFAULT_CLIENT_SECRET_FILE: &str = "/var/run/secrets/fiskil/client_secret";
 /// The environment variables that carry the credential values themselves.
-pub const CLIENT_ID_ENV: &str = "FISKIL_CLIENT_ID";
-pub const CLIENT_SECRET_ENV: &str = "FISKIL_CLIENT_SECRET";
+pub(crate) const CLIENT_ID_ENV: &str = "FISKIL_CLIENT_ID";
+pub(crate) const CLIENT_SECRET_ENV: &str = "FISKIL_CLIENT_SECRET";
 
 /// Where the credentials come from. The values themselves have no flags (command lines are
 /// visible to every process): only the environment variables above.
 #[derive(clap::Args, Debug)]
 #[command(next_help_heading = "Credentials")]
-pub struct CredentialArgs {
+pub(crate) struct CredentialArgs {
     /// File holding the client_id (trimmed) [default: /var/run/secrets/fiskil/client_id]
     #[arg(long, env = "FISKIL_CLIENT_ID_FILE", value_name = "PATH")]
     pub client_id_file: Option<PathBuf>,
@@ -53,7 +54,7 @@ pub struct CredentialTwice {
 
 impl CredentialArgs {
     /// Settles each credential's source; `env` looks up the value variables.
-    pub fn sources(
+    pub(crate) fn sources(
         self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<CredentialSources, CredentialTwice> {
@@ -80,7 +81,7 @@ impl CredentialArgs {
 }
 
 /// The largest credential file read; a credential is a short string.
-pub const MAX_CREDENTIAL_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_CREDENTIAL_BYTES: u64 = 64 * 1024;
 /// How often a read that failed in the middle of a Secret volume update is retried.
 const READ_ATTEMPTS: u32 = 5;
 const READ_RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -91,11 +92,19 @@ const SETTLE: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub enum Source {
     /// A file, usually a key of a mounted Secret.
-    File { name: &'static str, path: PathBuf },
+    File {
+        /// The credential's name in errors (`client_id`, `client_secret`).
+        name: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
     /// A value from the environment.
     Value {
+        /// The credential's name in errors.
         name: &'static str,
+        /// The variable it came from.
         env: &'static str,
+        /// The value.
         value: SecretString,
     },
 }
@@ -103,8 +112,11 @@ pub enum Source {
 /// Where both credentials come from, and how often the files are re-read.
 #[derive(Debug)]
 pub struct CredentialSources {
+    /// Where the client ID comes from.
     pub client_id: Source,
+    /// Where the client secret comes from.
     pub client_secret: Source,
+    /// How often the files are re-read, besides the watch.
     pub poll_interval: Duration,
 }
 
@@ -303,15 +315,16 @@ impl CredentialSources {
 /// Watches the credential files and publishes each change. Kubernetes updates a Secret volume
 /// by swapping a `..data` symlink in the mount directory, so the directory is watched rather
 /// than the files, and a periodic re-read backs the watch up where events do not arrive.
-pub fn watch(
+pub(crate) fn watch(
     sources: CredentialSources,
     initial: Credentials,
     metrics: Arc<Metrics>,
+    tasks: &TaskTracker,
     shutdown: CancellationToken,
 ) -> watch::Receiver<Arc<Credentials>> {
     let (tx, rx) = watch::channel(Arc::new(initial));
     if sources.has_files() {
-        tokio::spawn(run_watcher(sources, tx, metrics, shutdown));
+        tasks.spawn(run_watcher(sources, tx, metrics, shutdown));
     }
     rx
 }

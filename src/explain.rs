@@ -49,6 +49,7 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = ExplainFormat::Text)]
     pub output: ExplainFormat,
 
+    /// The timing options to explain.
     #[command(flatten)]
     pub timing: TimingArgs,
 }

@@ -14,12 +14,12 @@ use crate::schedule::{parse_retry_after, Failure};
 use crate::trust::{TrustError, TrustSources};
 
 /// The documented token endpoint.
-pub const DEFAULT_TOKEN_URL: &str = "https://api.fiskil.com/v1/token";
+pub(crate) const DEFAULT_TOKEN_URL: &str = "https://api.fiskil.com/v1/token";
 
 /// How the token endpoint is reached.
 #[derive(clap::Args, Debug)]
 #[command(next_help_heading = "Token endpoint")]
-pub struct HttpArgs {
+pub(crate) struct HttpArgs {
     /// Token endpoint; must be https:// (see --insecure-allow-http)
     #[arg(long, env = "FISKIL_TOKEN_URL", value_name = "URL", default_value = DEFAULT_TOKEN_URL)]
     pub token_url: String,
@@ -58,7 +58,7 @@ pub enum HttpArgsError {
 
 /// Connection settings for the token endpoint.
 #[derive(Debug, Clone)]
-pub struct HttpSettings {
+pub(crate) struct HttpSettings {
     pub token_url: reqwest::Url,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -68,7 +68,7 @@ pub struct HttpSettings {
 impl HttpArgs {
     /// Checks the URL: https://, or http:// to loopback when explicitly allowed. `env` looks up
     /// the trust bundle variables.
-    pub fn settings(
+    pub(crate) fn settings(
         self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<HttpSettings, HttpArgsError> {
@@ -109,16 +109,20 @@ const MAX_ERROR_FIELD: usize = 200;
 
 /// A bearer token and its lifetime. `Debug` does not show the token.
 #[derive(Debug, Clone)]
-pub struct Token {
+pub(crate) struct Token {
     pub value: SecretString,
     pub lifetime: Duration,
     /// Wall-clock time at which the request was sent: the lifetime counts from here.
     pub issued_at: SystemTime,
 }
 
+/// The refresh loop's channel of the newest token: `None` before the first one and while this
+/// replica does not lead. Outputs, notifications, the token endpoint and the proxy follow it.
+pub(crate) type Tokens = tokio::sync::watch::Receiver<Option<std::sync::Arc<Token>>>;
+
 impl Token {
     /// Wall-clock time after which the token is no longer valid.
-    pub fn expires_at(&self) -> SystemTime {
+    pub(crate) fn expires_at(&self) -> SystemTime {
         self.issued_at + self.lifetime
     }
 }
@@ -193,7 +197,7 @@ pub enum ClientError {
 }
 
 /// Sends token requests to one endpoint.
-pub struct TokenClient {
+pub(crate) struct TokenClient {
     http: reqwest::Client,
     url: reqwest::Url,
 }
@@ -201,7 +205,7 @@ pub struct TokenClient {
 impl TokenClient {
     /// Builds a client trusting the configured roots, never following redirects, and never
     /// sending a loopback or plain-http request through a proxy from the environment.
-    pub fn new(settings: &HttpSettings) -> Result<Self, ClientError> {
+    pub(crate) fn new(settings: &HttpSettings) -> Result<Self, ClientError> {
         let tls = settings.trust.client_config()?;
         let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
@@ -227,7 +231,7 @@ impl TokenClient {
     }
 
     /// Exchanges the credentials for a token: exactly the documented request, validated answer.
-    pub async fn exchange(&self, credentials: &Credentials) -> Result<Token, ExchangeError> {
+    pub(crate) async fn exchange(&self, credentials: &Credentials) -> Result<Token, ExchangeError> {
         let body = SecretString::from(
             serde_json::json!({
                 "client_id": credentials.client_id.expose_secret(),
@@ -255,7 +259,7 @@ impl TokenClient {
 /// Whether a request to `url` may go through `HTTPS_PROXY` / `ALL_PROXY`: only https:// to a
 /// host that is not loopback. A loopback endpoint and plain http:// (loopback only) are always
 /// reached directly, so no proxy ever sees the client secret.
-pub fn may_use_proxy(url: &reqwest::Url) -> bool {
+pub(crate) fn may_use_proxy(url: &reqwest::Url) -> bool {
     url.scheme() == "https" && !is_loopback_url(url)
 }
 

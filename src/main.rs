@@ -3,8 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fiskil_token_refresher::config::{Args, Command, Config};
-use fiskil_token_refresher::explain::ExplainArgs;
+use fiskil_token_refresher::{App, Args, Command, Config, ExplainArgs};
 
 fn main() -> ExitCode {
     if rustls::crypto::ring::default_provider()
@@ -25,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    fiskil_token_refresher::telemetry::init(&config.log);
+    config.init_logging();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -36,7 +35,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(fiskil_token_refresher::run(config)) {
+    let outcome = runtime.block_on(async { App::build(config).await?.run().await });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "exiting");

@@ -7,17 +7,17 @@ use crate::reach::proxy::POOL_IDLE;
 
 /// How long after a listener's last connection closed the freed memory is handed back, so that
 /// connections opened one after another cause one release, not one each.
-pub const RELEASE_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const RELEASE_DELAY: Duration = Duration::from_secs(1);
 /// When it is handed back again: by then the proxy's pool has closed the upstream connections
 /// the burst left idle.
-pub const RELEASE_AGAIN: Duration = POOL_IDLE.saturating_mul(2);
+pub(crate) const RELEASE_AGAIN: Duration = POOL_IDLE.saturating_mul(2);
 
 /// Asks the allocator to return the free pages it keeps, [`RELEASE_DELAY`] from now and again
 /// [`RELEASE_AGAIN`] later. glibc's allocator keeps memory freed in the middle of its heap for
 /// reuse; without this, a sidecar that once served 64 connections through the proxy keeps about
 /// 11 MiB it no longer uses. musl has no such call (its allocator unmaps wholly freed groups
 /// itself), so there this does nothing.
-pub fn release_soon() {
+pub(crate) fn release_soon() {
     static PENDING: AtomicBool = AtomicBool::new(false);
     if PENDING.swap(true, Ordering::SeqCst) {
         return;

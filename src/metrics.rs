@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 /// Outcome of one token request, as the `result` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefreshResult {
+pub(crate) enum RefreshResult {
     Success,
     Rejected,
     Transient,
@@ -65,7 +65,7 @@ struct BuildLabels {
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric, registered under the `fiskil_token_refresher_` prefix.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     refresh: Family<ResultLabels, Counter>,
     refresh_duration: Histogram,
@@ -88,7 +88,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("fiskil_token_refresher");
         let refresh = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -194,7 +194,7 @@ impl Metrics {
     }
 
     /// Records one token request.
-    pub fn observe_refresh(&self, result: RefreshResult, seconds: f64) {
+    pub(crate) fn observe_refresh(&self, result: RefreshResult, seconds: f64) {
         self.refresh
             .get_or_create(&ResultLabels {
                 result: result.label(),
@@ -207,17 +207,17 @@ impl Metrics {
     }
 
     /// Records the expiry of a new token.
-    pub fn set_token_expiry(&self, at: SystemTime) {
+    pub(crate) fn set_token_expiry(&self, at: SystemTime) {
         self.token_expiry.set(unix_seconds(at));
     }
 
     /// Records when the next token request is due.
-    pub fn set_next_refresh(&self, at: SystemTime) {
+    pub(crate) fn set_next_refresh(&self, at: SystemTime) {
         self.next_refresh.set(unix_seconds(at));
     }
 
     /// Records one write to an output.
-    pub fn observe_write(&self, output: &str, ok: bool) {
+    pub(crate) fn observe_write(&self, output: &str, ok: bool) {
         let result = if ok { "success" } else { "error" };
         self.output_write
             .get_or_create(&OutputLabels {
@@ -228,7 +228,7 @@ impl Metrics {
     }
 
     /// Records that `output` now holds a token expiring at `at`.
-    pub fn set_output_expiry(&self, output: &str, at: SystemTime) {
+    pub(crate) fn set_output_expiry(&self, output: &str, at: SystemTime) {
         self.output_expiry
             .get_or_create(&OutputNameLabels {
                 output: output.to_owned(),
@@ -237,12 +237,12 @@ impl Metrics {
     }
 
     /// Records whether this replica leads.
-    pub fn set_leader(&self, leads: bool) {
+    pub(crate) fn set_leader(&self, leads: bool) {
         self.leader.set(i64::from(leads));
     }
 
     /// Records one notification attempt.
-    pub fn observe_notify(&self, kind: &'static str, ok: bool) {
+    pub(crate) fn observe_notify(&self, kind: &'static str, ok: bool) {
         let result = if ok { "success" } else { "error" };
         self.notify
             .get_or_create(&NotifyLabels { kind, result })
@@ -250,7 +250,7 @@ impl Metrics {
     }
 
     /// Records one request answered by the proxy.
-    pub fn observe_proxy(&self, code: u16, seconds: f64) {
+    pub(crate) fn observe_proxy(&self, code: u16, seconds: f64) {
         self.proxy_requests
             .get_or_create(&CodeLabels { code })
             .inc();
@@ -258,7 +258,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text exposition of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -267,7 +267,7 @@ impl Metrics {
 }
 
 /// Seconds since the Unix epoch, as a float.
-pub fn unix_seconds(at: SystemTime) -> f64 {
+pub(crate) fn unix_seconds(at: SystemTime) -> f64 {
     at.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::positive_duration;
 use crate::credentials::Credentials;
 use crate::fiskil::{ExchangeError, Token, TokenClient};
-use crate::fleet::events::{Events, Happening};
-use crate::fleet::lease::{Leadership, Role};
+use crate::happenings::{Happening, Happenings};
+use crate::leadership::{Leadership, Role};
 use crate::metrics::{Metrics, RefreshResult};
 use crate::schedule::{Due, Failure, Held, Timing};
 use crate::status::Status;
@@ -19,7 +19,7 @@ use crate::status::Status;
 /// One token and exit, for init containers and scripts.
 #[derive(clap::Args, Debug)]
 #[command(next_help_heading = "One-shot")]
-pub struct OnceArgs {
+pub(crate) struct OnceArgs {
     /// Get one token, write every output, and exit 0 (1 if that fails within --once-timeout)
     #[arg(long, env = "FISKIL_ONCE")]
     pub once: bool,
@@ -32,7 +32,7 @@ pub struct OnceArgs {
 
 impl OnceArgs {
     /// The time allowed for `--once`, or `None` to run as a daemon.
-    pub fn deadline(&self) -> Option<Duration> {
+    pub(crate) fn deadline(&self) -> Option<Duration> {
         self.once.then_some(self.once_timeout)
     }
 }
@@ -41,7 +41,7 @@ impl OnceArgs {
 /// tells askers when the loop answered without a new token: the request came sooner than
 /// `--min-refresh-interval` or the endpoint's `Retry-After` allow, or the request failed.
 #[derive(Debug)]
-pub struct RefreshRequests {
+pub(crate) struct RefreshRequests {
     wake: Notify,
     declined: watch::Sender<u64>,
 }
@@ -57,12 +57,12 @@ impl Default for RefreshRequests {
 
 impl RefreshRequests {
     /// Asks for a refresh; requests made before the loop takes one fold into it.
-    pub fn request(&self) {
+    pub(crate) fn request(&self) {
         self.wake.notify_one();
     }
 
     /// Changes each time the loop answers a request without a new token.
-    pub fn declined(&self) -> watch::Receiver<u64> {
+    pub(crate) fn declined(&self) -> watch::Receiver<u64> {
         self.declined.subscribe()
     }
 
@@ -73,7 +73,7 @@ impl RefreshRequests {
 }
 
 /// What the loop needs from the rest of the daemon.
-pub struct Refresher {
+pub(crate) struct Refresher {
     pub client: TokenClient,
     pub credentials: watch::Receiver<Arc<Credentials>>,
     pub timing: Timing,
@@ -84,7 +84,7 @@ pub struct Refresher {
     pub requests: Arc<RefreshRequests>,
     /// Whether this replica may request tokens.
     pub leadership: Arc<Leadership>,
-    pub events: Events,
+    pub happenings: Happenings,
 }
 
 /// A failing state worth an Event when it begins and when it ends.
@@ -124,7 +124,7 @@ impl Refresher {
     /// Runs until `shutdown`. While this replica leads: requests a token at once, then before
     /// each expiry, and at once again whenever the credentials change or SIGHUP arrives. A
     /// replica that loses the Lease drops its token and waits to lead again.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut role = self.leadership.subscribe();
         loop {
             tokio::select! {
@@ -202,7 +202,8 @@ impl Refresher {
             let delay = match result {
                 Ok(token) => {
                     if alarm.take().is_some() {
-                        self.events.emit(Happening::TokenRefreshed { failures });
+                        self.happenings
+                            .report(Happening::TokenRefreshed { failures });
                     }
                     failures = 0;
                     let delay = self.timing.refresh_delay(token.lifetime, rand::random());
@@ -299,7 +300,7 @@ impl Refresher {
         };
         if *alarm != Some(now_alarm) {
             *alarm = Some(now_alarm);
-            self.events.emit(happening);
+            self.happenings.report(happening);
         }
     }
 
@@ -321,7 +322,7 @@ impl Refresher {
 
     /// Gets one token for `--once`: transient failures are retried until `deadline`, rejected
     /// credentials end at once.
-    pub async fn once(
+    pub(crate) async fn once(
         &self,
         deadline: Instant,
         shutdown: &CancellationToken,

@@ -112,19 +112,19 @@ pub struct Timing {
 /// The longest single sleep of the refresh loop: it wakes at least this often to compare the
 /// wall clock with the schedule, so a machine that was suspended (when the monotonic clock
 /// stands still) refreshes promptly after it resumes.
-pub const MAX_SLEEP: Duration = Duration::from_secs(30);
+pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 /// When the next request is due, on both clocks: the monotonic clock drives the timer, the wall
 /// clock catches the time a suspended machine did not count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Due {
+pub(crate) struct Due {
     pub at: Instant,
     pub wall: SystemTime,
 }
 
 impl Due {
     /// Due `delay` after a request sent at `sent` (monotonic) and `sent_wall` (wall clock).
-    pub fn after(sent: Instant, sent_wall: SystemTime, delay: Duration) -> Due {
+    pub(crate) fn after(sent: Instant, sent_wall: SystemTime, delay: Duration) -> Due {
         Due {
             at: sent + delay,
             wall: sent_wall + delay,
@@ -132,12 +132,12 @@ impl Due {
     }
 
     /// Whether the request is due by either clock.
-    pub fn reached(&self, now: Instant, wall_now: SystemTime) -> bool {
+    pub(crate) fn reached(&self, now: Instant, wall_now: SystemTime) -> bool {
         now >= self.at || wall_now >= self.wall
     }
 
     /// When the loop should next wake: when due, or after [`MAX_SLEEP`], whichever is first.
-    pub fn wake_at(&self, now: Instant) -> Instant {
+    pub(crate) fn wake_at(&self, now: Instant) -> Instant {
         self.at.min(now + MAX_SLEEP)
     }
 }
@@ -150,8 +150,10 @@ impl Due {
 pub enum Held {
     /// A token valid for `left` more.
     Valid {
+        /// The time left.
         left: Duration,
     },
+    /// No token, or an expired one.
     Expired,
 }
 
@@ -171,7 +173,10 @@ pub enum Failure {
     /// The endpoint refused the credentials: retrying soon will not help.
     Rejected,
     /// A passing fault; `retry_after` is what the endpoint asked for, if anything.
-    Transient { retry_after: Option<Duration> },
+    Transient {
+        /// The endpoint's `Retry-After`, if any.
+        retry_after: Option<Duration>,
+    },
     /// The endpoint answered with something unusable.
     InvalidResponse,
 }

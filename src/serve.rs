@@ -22,23 +22,23 @@ use tokio_util::sync::CancellationToken;
 
 /// Time a client has to send a whole request head, counted from the accept or from the end
 /// of the previous response: the header-read timeout and the keep-alive idle timeout in one.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections the health server and the token endpoint serve at once.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// Largest read buffer of a connection, and so the largest request head (larger gets 431):
 /// with the write buffer, what one connection can make the daemon hold.
-pub const MAX_BUF_SIZE: usize = 16 * 1024;
+pub(crate) const MAX_BUF_SIZE: usize = 16 * 1024;
 /// How long a response may wait for a client that does not read it.
-pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long requests in flight may take to finish after the stop.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// A response with its whole body in memory.
-pub type Reply = Response<Full<Bytes>>;
+pub(crate) type Reply = Response<Full<Bytes>>;
 
 /// Binds `addr`. The IPv6 unspecified address (`[::]`) accepts IPv4 too, and falls back to
 /// `0.0.0.0` on the same port where the machine has no IPv6.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let dual_stack = matches!(addr, SocketAddr::V6(v6) if v6.ip().is_unspecified());
     match listen(addr, dual_stack) {
         Err(e) if dual_stack && e.kind() != io::ErrorKind::AddrInUse => {
@@ -68,7 +68,7 @@ fn listen(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
 /// gone longest without a request in flight (idle, or still sending its head), so a newcomer,
 /// such as a kubelet probe, is always taken in; only when every connection has a request in
 /// flight does the newcomer wait for one to finish (and those after it in the kernel's backlog).
-pub async fn serve<H, F, B>(
+pub(crate) async fn serve<H, F, B>(
     listener: TcpListener,
     max_connections: usize,
     handler: H,
@@ -360,7 +360,7 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for WriteStall<T> {
 
 /// Why a [`Paced`] body ended early.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("reading the body failed")]
     Read(#[source] hyper::Error),
     #[error("the body came slower than {MIN_BODY_RATE} bytes a second")]
@@ -368,19 +368,19 @@ pub enum BodyError {
 }
 
 /// Bytes a second a body must average once its grace is spent.
-pub const MIN_BODY_RATE: u64 = 1024;
+pub(crate) const MIN_BODY_RATE: u64 = 1024;
 
 /// A body that may keep its reader waiting, in all, for `grace` plus one second for every
 /// [`MIN_BODY_RATE`] bytes it delivered; then it fails with [`BodyError::TooSlow`]. Time its
 /// reader spends elsewhere (a slow upstream taking the bytes) does not count.
-pub struct Paced {
+pub(crate) struct Paced {
     body: Incoming,
     budget: Duration,
     waiting: Option<(Instant, Pin<Box<Sleep>>)>,
 }
 
 impl Paced {
-    pub fn new(body: Incoming, grace: Duration) -> Paced {
+    pub(crate) fn new(body: Incoming, grace: Duration) -> Paced {
         Paced {
             body,
             budget: grace,
@@ -431,7 +431,7 @@ impl Body for Paced {
 }
 
 /// A reply with a status, a content type and a body.
-pub fn reply(
+pub(crate) fn reply(
     status: hyper::StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,

@@ -7,17 +7,17 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::fleet::lease::{Leadership, Role};
+use crate::leadership::{Leadership, Role};
 
 /// The expiry of the token an output last wrote.
 #[derive(Debug)]
-pub struct OutputStatus {
+pub(crate) struct OutputStatus {
     pub name: String,
     expires_at: watch::Sender<Option<SystemTime>>,
 }
 
 impl OutputStatus {
-    pub fn new(name: String) -> Self {
+    pub(crate) fn new(name: String) -> Self {
         OutputStatus {
             name,
             expires_at: watch::Sender::new(None),
@@ -25,23 +25,23 @@ impl OutputStatus {
     }
 
     /// Records that the output now holds a token valid until `at`.
-    pub fn set_expires_at(&self, at: SystemTime) {
+    pub(crate) fn set_expires_at(&self, at: SystemTime) {
         self.expires_at.send_replace(Some(at));
     }
 
-    pub fn expires_at(&self) -> Option<SystemTime> {
+    pub(crate) fn expires_at(&self) -> Option<SystemTime> {
         *self.expires_at.borrow()
     }
 
     /// Follows the expiry of what the output holds: a change means a new token was written.
-    pub fn subscribe(&self) -> watch::Receiver<Option<SystemTime>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<SystemTime>> {
         self.expires_at.subscribe()
     }
 }
 
 /// Shared state behind `/healthz` and `/readyz`.
 #[derive(Debug)]
-pub struct Status {
+pub(crate) struct Status {
     pub outputs: Vec<Arc<OutputStatus>>,
     pub leadership: Arc<Leadership>,
     next_refresh_at: Mutex<Option<SystemTime>>,
@@ -52,7 +52,7 @@ pub struct Status {
 
 /// A point-in-time view for `/readyz`.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     pub ready: bool,
     /// The earliest expiry among the outputs, if every output holds a token.
     pub expires_at: Option<SystemTime>,
@@ -63,7 +63,7 @@ pub struct Readiness {
 }
 
 impl Status {
-    pub fn new(
+    pub(crate) fn new(
         outputs: Vec<Arc<OutputStatus>>,
         leadership: Arc<Leadership>,
         shutdown: CancellationToken,
@@ -77,7 +77,7 @@ impl Status {
         }
     }
 
-    pub fn set_next_refresh_at(&self, at: SystemTime) {
+    pub(crate) fn set_next_refresh_at(&self, at: SystemTime) {
         *self
             .next_refresh_at
             .lock()
@@ -85,18 +85,22 @@ impl Status {
     }
 
     /// Marks the refresh loop as stopped: `/healthz` fails from then on.
-    pub fn set_dead(&self) {
+    pub(crate) fn set_dead(&self) {
         self.alive.store(false, Ordering::Relaxed);
     }
 
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Relaxed)
     }
 
     /// Until shutdown begins: a writer (the leader, or the only replica) is ready while every
     /// output holds a token that has not expired at `now`; a follower while it can take over,
     /// having read the Lease within the lease duration (`now_monotonic`).
-    pub fn readiness(&self, now: SystemTime, now_monotonic: tokio::time::Instant) -> Readiness {
+    pub(crate) fn readiness(
+        &self,
+        now: SystemTime,
+        now_monotonic: tokio::time::Instant,
+    ) -> Readiness {
         let expiries: Option<Vec<SystemTime>> =
             self.outputs.iter().map(|o| o.expires_at()).collect();
         let expires_at = expiries.and_then(|all| all.into_iter().min());
@@ -154,7 +158,7 @@ mod tests {
     fn a_follower_that_never_read_the_lease_is_not_ready() {
         let status = Status::new(
             vec![Arc::new(OutputStatus::new("secret:ns/token".into()))],
-            Leadership::elected(Duration::from_secs(15)),
+            Leadership::elected(Duration::from_secs(15), Duration::from_secs(10)),
             CancellationToken::new(),
         );
         let readiness = status.readiness(SystemTime::now(), tokio::time::Instant::now());

@@ -9,7 +9,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// Logging.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Logging")]
-pub struct LogArgs {
+pub(crate) struct LogArgs {
     /// Log line format
     #[arg(long, env = "FISKIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -26,7 +26,7 @@ pub struct LogArgs {
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// One JSON object per line.
     Json,
     /// Human-readable text.
@@ -40,7 +40,7 @@ pub struct LogLevelError(String);
 
 impl LogArgs {
     /// Checks the level.
-    pub fn check(&self) -> Result<(), LogLevelError> {
+    pub(crate) fn check(&self) -> Result<(), LogLevelError> {
         match self.log_level.parse::<tracing::Level>() {
             Ok(_) => Ok(()),
             Err(_) => Err(LogLevelError(self.log_level.clone())),
@@ -60,10 +60,9 @@ fn filter(level: &str, rust_log: Option<&str>) -> Targets {
         .unwrap_or_default()
 }
 
-/// Installs the global log subscriber.
-pub fn init(settings: &LogArgs) {
-    let rust_log = std::env::var("RUST_LOG").ok();
-    let filter = filter(&settings.log_level, rust_log.as_deref());
+/// Installs the global log subscriber; `rust_log`, when set, overrides `--log-level`.
+pub(crate) fn init(settings: &LogArgs, rust_log: Option<&str>) {
+    let filter = filter(&settings.log_level, rust_log);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)

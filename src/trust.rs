@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 
 /// The environment variables naming extra trust bundles, as OpenSSL reads them.
-pub const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
-pub const SSL_CERT_DIR: &str = "SSL_CERT_DIR";
+pub(crate) const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
+pub(crate) const SSL_CERT_DIR: &str = "SSL_CERT_DIR";
 
 /// Where trusted certificate authorities come from, besides the built-in roots.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustSources {
+pub(crate) struct TrustSources {
     /// `--ca-file`.
     pub ca_file: Option<PathBuf>,
     /// `SSL_CERT_FILE`: one PEM bundle.
@@ -42,7 +42,10 @@ pub enum TrustError {
 impl TrustSources {
     /// `--ca-file` plus the bundles named by `env` (`SSL_CERT_FILE`, `SSL_CERT_DIR`); empty
     /// variables count as unset.
-    pub fn new(ca_file: Option<PathBuf>, env: impl Fn(&str) -> Option<String>) -> TrustSources {
+    pub(crate) fn new(
+        ca_file: Option<PathBuf>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> TrustSources {
         let set = |name| env(name).filter(|value: &String| !value.is_empty());
         TrustSources {
             ca_file,
@@ -59,7 +62,7 @@ impl TrustSources {
     }
 
     /// The root store: built-in roots plus every configured bundle.
-    pub fn root_store(&self) -> Result<rustls::RootCertStore, TrustError> {
+    pub(crate) fn root_store(&self) -> Result<rustls::RootCertStore, TrustError> {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -93,7 +96,7 @@ impl TrustSources {
 
     /// A TLS client configuration trusting [`Self::root_store`]. It offers no ALPN protocol,
     /// so connections speak HTTP/1.1 (the HTTP clients that take it add their own if needed).
-    pub fn client_config(&self) -> Result<rustls::ClientConfig, TrustError> {
+    pub(crate) fn client_config(&self) -> Result<rustls::ClientConfig, TrustError> {
         Ok(rustls::ClientConfig::builder()
             .with_root_certificates(self.root_store()?)
             .with_no_client_auth())

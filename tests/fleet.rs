@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use fiskil_stand_in::Behaviour;
-use fiskil_token_refresher::fleet::lease::TAKEOVER_MARGIN;
+use fiskil_token_refresher::TAKEOVER_MARGIN;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::api::events::v1::Event;

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fiskil_token_refresher::fiskil::{parse_token_response, MAX_BODY_BYTES, MAX_EXPIRES_IN};
-use fiskil_token_refresher::schedule::{parse_retry_after, Failure, Held, Timing};
+use fiskil_token_refresher::{parse_retry_after, Failure, Held, Timing};
+use fiskil_token_refresher::{parse_token_response, MAX_BODY_BYTES, MAX_EXPIRES_IN};
 use proptest::prelude::*;
 use secrecy::ExposeSecret;
 

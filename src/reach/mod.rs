@@ -1,8 +1,8 @@
 //! Ways the token reaches applications besides the file: notifications, a token endpoint, a proxy.
 
-pub mod notify;
-pub mod proxy;
-pub mod token_endpoint;
+pub(crate) mod notify;
+pub(crate) mod proxy;
+pub(crate) mod token_endpoint;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -11,19 +11,19 @@ use std::sync::Arc;
 use hyper::header::HOST;
 use hyper::Request;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::fiskil::HttpSettings;
-use crate::fiskil::{ClientError, Token};
+use crate::fiskil::{ClientError, Tokens};
 use crate::metrics::Metrics;
 use crate::refresher::RefreshRequests;
 use crate::status::OutputStatus;
 
 /// The flags of every way to reach an application; each is off unless given.
 #[derive(clap::Args, Debug, Clone)]
-pub struct ReachArgs {
+pub(crate) struct ReachArgs {
     #[command(flatten)]
     pub notify: notify::NotifyArgs,
     #[command(flatten)]
@@ -34,7 +34,7 @@ pub struct ReachArgs {
 
 /// What [`ReachArgs`] configure, validated.
 #[derive(Debug, Clone, Default)]
-pub struct Reach {
+pub(crate) struct Reach {
     pub notify: Option<notify::NotifyConfig>,
     pub token_listen: Option<SocketAddr>,
     pub proxy: Option<proxy::ProxyConfig>,
@@ -42,7 +42,7 @@ pub struct Reach {
 
 impl Reach {
     /// True when no feature is configured.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.notify.is_none() && self.token_listen.is_none() && self.proxy.is_none()
     }
 }
@@ -63,7 +63,7 @@ pub enum ReachConfigError {
 
 impl ReachArgs {
     /// Validates every group; `token_url` gives the proxy its default upstream.
-    pub fn validate(self, token_url: &Url) -> Result<Reach, ReachConfigError> {
+    pub(crate) fn validate(self, token_url: &Url) -> Result<Reach, ReachConfigError> {
         Ok(Reach {
             notify: self.notify.validate()?,
             token_listen: self.token_endpoint.validate()?,
@@ -73,7 +73,7 @@ impl ReachArgs {
 }
 
 /// Accepts `addr` only if its IP is a loopback address.
-pub fn check_loopback(
+pub(crate) fn check_loopback(
     flag: &'static str,
     addr: SocketAddr,
 ) -> Result<SocketAddr, ReachConfigError> {
@@ -85,13 +85,13 @@ pub fn check_loopback(
 }
 
 /// What a request that names another host is told: no token for it.
-pub const NOT_LOOPBACK_HOST: &str = "the Host header must name a loopback address (127.0.0.1, [::1] or localhost); other names are refused as a guard against DNS rebinding";
+pub(crate) const NOT_LOOPBACK_HOST: &str = "the Host header must name a loopback address (127.0.0.1, [::1] or localhost); other names are refused as a guard against DNS rebinding";
 
 /// Whether a request was addressed to a loopback host: its `Host` header (and an absolute-form
 /// target, if any) names `localhost` or a loopback address. A browser or a request library
 /// steered to the listener through a name that resolves to 127.0.0.1 (DNS rebinding) sends
 /// that name instead, and gets no token. A request without `Host` (HTTP/1.0) passes; two do not.
-pub fn addressed_to_loopback<B>(request: &Request<B>) -> bool {
+pub(crate) fn addressed_to_loopback<B>(request: &Request<B>) -> bool {
     let mut hosts = request.headers().get_all(HOST).iter();
     let header_ok = match (hosts.next(), hosts.next()) {
         (None, _) => true,
@@ -149,62 +149,81 @@ pub enum ReachStartError {
 }
 
 /// What the features read from the rest of the daemon.
-pub struct Inputs {
-    pub tokens: watch::Receiver<Option<Arc<Token>>>,
+pub(crate) struct Inputs {
+    pub tokens: Tokens,
     /// The file output's status and path, when there is a file: notifications follow its writes.
     pub file: Option<(Arc<OutputStatus>, PathBuf)>,
     /// Asks the refresh loop for a token now (the proxy uses it after an upstream 401).
     pub requests: Arc<RefreshRequests>,
     pub http: HttpSettings,
     pub metrics: Arc<Metrics>,
-    pub shutdown: CancellationToken,
 }
 
-/// Binds the listeners and starts the configured features; they stop on shutdown.
-pub async fn start(reach: Reach, inputs: Inputs) -> Result<(), ReachStartError> {
+/// The configured features, bound and built, ready to start.
+pub(crate) struct Ready {
+    notifier: Option<notify::Notifier>,
+    token_endpoint: Option<(TcpListener, Tokens)>,
+    proxy: Option<(TcpListener, proxy::Proxy)>,
+}
+
+/// Binds the listeners and builds the clients of the configured features: everything that can
+/// fail, before anything starts.
+pub(crate) async fn bind(reach: Reach, inputs: Inputs) -> Result<Ready, ReachStartError> {
     let token_listener = match reach.token_listen {
-        Some(addr) => Some(bind("--token-listen", addr).await?),
+        Some(addr) => Some(listen("--token-listen", addr).await?),
         None => None,
     };
     let proxy_listener = match &reach.proxy {
-        Some(proxy) => Some(bind("--proxy-listen", proxy.listen).await?),
+        Some(proxy) => Some(listen("--proxy-listen", proxy.listen).await?),
         None => None,
     };
-    if let Some(config) = reach.notify {
-        notify::spawn(
+    let notifier = match reach.notify {
+        Some(config) => Some(notify::Notifier::new(
             config,
             &inputs.http,
             inputs.tokens.clone(),
             inputs.file.clone(),
             Arc::clone(&inputs.metrics),
-            inputs.shutdown.clone(),
-        )?;
-    }
-    if let Some(listener) = token_listener {
-        tokio::spawn(token_endpoint::serve(
+        )?),
+        None => None,
+    };
+    let proxy = match (reach.proxy, proxy_listener) {
+        (Some(config), Some(listener)) => Some((
             listener,
-            inputs.tokens.clone(),
-            inputs.shutdown.clone(),
-        ));
-    }
-    if let (Some(config), Some(listener)) = (reach.proxy, proxy_listener) {
-        let proxy = proxy::Proxy::new(
-            &config,
-            &inputs.http,
-            inputs.tokens.clone(),
-            Arc::clone(&inputs.requests),
-            Arc::clone(&inputs.metrics),
-        )?;
-        tokio::spawn(proxy::serve(
-            listener,
-            Arc::new(proxy),
-            inputs.shutdown.clone(),
-        ));
-    }
-    Ok(())
+            proxy::Proxy::new(
+                &config,
+                &inputs.http,
+                inputs.tokens.clone(),
+                Arc::clone(&inputs.requests),
+                Arc::clone(&inputs.metrics),
+            )?,
+        )),
+        _ => None,
+    };
+    Ok(Ready {
+        notifier,
+        token_endpoint: token_listener.map(|listener| (listener, inputs.tokens)),
+        proxy,
+    })
 }
 
-async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, ReachStartError> {
+impl Ready {
+    /// Starts the features on `tasks`; they stop at `shutdown` (the servers after their grace
+    /// period for requests in flight).
+    pub(crate) fn start(self, tasks: &TaskTracker, shutdown: &CancellationToken) {
+        if let Some(notifier) = self.notifier {
+            notifier.start(tasks, shutdown);
+        }
+        if let Some((listener, tokens)) = self.token_endpoint {
+            tasks.spawn(token_endpoint::serve(listener, tokens, shutdown.clone()));
+        }
+        if let Some((listener, proxy)) = self.proxy {
+            tasks.spawn(proxy::serve(listener, Arc::new(proxy), shutdown.clone()));
+        }
+    }
+}
+
+async fn listen(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, ReachStartError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ReachStartError::Listen { flag, addr, source })?;

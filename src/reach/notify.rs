@@ -9,11 +9,12 @@ use rustix::io::Errno;
 use rustix::process::{Pid, Signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::cli::is_loopback_url;
 use crate::fiskil::HttpSettings;
-use crate::fiskil::{error_chain, ClientError, Token};
+use crate::fiskil::{error_chain, ClientError, Tokens};
 use crate::metrics::Metrics;
 use crate::small_file::{self, ReadError};
 use crate::status::OutputStatus;
@@ -36,7 +37,7 @@ const SIGNAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The notification flags.
 #[derive(clap::Args, Debug, Clone)]
-pub struct NotifyArgs {
+pub(crate) struct NotifyArgs {
     /// POST {"expires_at","issued_at","file"} (never the token) here after each new token;
     /// repeatable; http:// only to loopback
     #[arg(
@@ -59,7 +60,7 @@ pub struct NotifyArgs {
 
 /// A signal a notification can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SignalName(&'static str);
+pub(crate) struct SignalName(&'static str);
 
 const SIGNALS: [(&str, Signal); 7] = [
     ("HUP", Signal::HUP),
@@ -73,7 +74,7 @@ const SIGNALS: [(&str, Signal); 7] = [
 
 impl SignalName {
     /// Reads `HUP`, `SIGHUP` or `sighup`.
-    pub fn parse(raw: &str) -> Option<SignalName> {
+    pub(crate) fn parse(raw: &str) -> Option<SignalName> {
         let upper = raw.trim().to_ascii_uppercase();
         let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
         SIGNALS
@@ -99,7 +100,7 @@ impl std::fmt::Display for SignalName {
 
 /// Where notifications go, validated.
 #[derive(Debug, Clone)]
-pub struct NotifyConfig {
+pub(crate) struct NotifyConfig {
     pub urls: Vec<Url>,
     pub signal: Option<(SignalName, PathBuf)>,
 }
@@ -123,7 +124,7 @@ pub enum NotifyConfigError {
 
 impl NotifyArgs {
     /// The notification targets, if any are configured.
-    pub fn validate(self) -> Result<Option<NotifyConfig>, NotifyConfigError> {
+    pub(crate) fn validate(self) -> Result<Option<NotifyConfig>, NotifyConfigError> {
         let urls = self
             .notify_url
             .iter()
@@ -175,54 +176,87 @@ impl Event {
     }
 }
 
-/// Starts the notifier: after each new token (once the file holds it, when there is a file),
-/// signals the process and hands the event to one sender task per URL.
-pub fn spawn(
-    config: NotifyConfig,
-    http: &HttpSettings,
-    tokens: watch::Receiver<Option<Arc<Token>>>,
+/// The notifier, built: after each new token (once the file holds it, when there is a file),
+/// it signals the process and hands the event to one sender task per URL.
+pub(crate) struct Notifier {
+    client: Option<reqwest::Client>,
+    urls: Vec<Url>,
+    signal: Option<Signaller>,
+    tokens: Tokens,
     file: Option<(Arc<OutputStatus>, PathBuf)>,
     metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> Result<(), ClientError> {
-    let mut senders = Vec::new();
-    if !config.urls.is_empty() {
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(http.trust.client_config()?)
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(ATTEMPT_TIMEOUT)
-            .timeout(ATTEMPT_TIMEOUT)
-            .user_agent(concat!(
-                env!("CARGO_PKG_NAME"),
-                "/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .map_err(|e| ClientError::Build(e.to_string()))?;
-        for url in config.urls {
-            let (tx, rx) = watch::channel(None);
-            senders.push(tx);
-            tokio::spawn(post_each(
-                client.clone(),
-                url,
-                rx,
-                Arc::clone(&metrics),
-                shutdown.clone(),
-            ));
-        }
+}
+
+impl Notifier {
+    /// Builds the HTTP client for the URLs, if there are any.
+    pub(crate) fn new(
+        config: NotifyConfig,
+        http: &HttpSettings,
+        tokens: Tokens,
+        file: Option<(Arc<OutputStatus>, PathBuf)>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Notifier, ClientError> {
+        let client = if config.urls.is_empty() {
+            None
+        } else {
+            Some(
+                reqwest::Client::builder()
+                    .use_preconfigured_tls(http.trust.client_config()?)
+                    .no_proxy()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .connect_timeout(ATTEMPT_TIMEOUT)
+                    .timeout(ATTEMPT_TIMEOUT)
+                    .user_agent(concat!(
+                        env!("CARGO_PKG_NAME"),
+                        "/",
+                        env!("CARGO_PKG_VERSION")
+                    ))
+                    .build()
+                    .map_err(|e| ClientError::Build(e.to_string()))?,
+            )
+        };
+        Ok(Notifier {
+            client,
+            urls: config.urls,
+            signal: config
+                .signal
+                .map(|(name, pid_file)| Signaller::new(name, pid_file)),
+            tokens,
+            file,
+            metrics,
+        })
     }
-    let signal = config
-        .signal
-        .map(|(name, pid_file)| Signaller::new(name, pid_file));
-    tokio::spawn(watch_tokens(
-        tokens, file, signal, senders, metrics, shutdown,
-    ));
-    Ok(())
+
+    /// Starts the sender tasks and the task that follows the tokens, on `tasks`, until
+    /// `shutdown`.
+    pub(crate) fn start(self, tasks: &TaskTracker, shutdown: &CancellationToken) {
+        let mut senders = Vec::new();
+        if let Some(client) = self.client {
+            for url in self.urls {
+                let (tx, rx) = watch::channel(None);
+                senders.push(tx);
+                tasks.spawn(post_each(
+                    client.clone(),
+                    url,
+                    rx,
+                    Arc::clone(&self.metrics),
+                    shutdown.clone(),
+                ));
+            }
+        }
+        tasks.spawn(watch_tokens(
+            self.tokens,
+            self.file,
+            self.signal,
+            senders,
+            self.metrics,
+            shutdown.clone(),
+        ));
+    }
 }
 
 async fn watch_tokens(
-    mut tokens: watch::Receiver<Option<Arc<Token>>>,
+    mut tokens: Tokens,
     file: Option<(Arc<OutputStatus>, PathBuf)>,
     mut signal: Option<Signaller>,
     senders: Vec<watch::Sender<Option<Event>>>,

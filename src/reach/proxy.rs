@@ -19,20 +19,19 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::cli::is_loopback_url;
 use crate::fiskil::HttpSettings;
-use crate::fiskil::{error_chain, ClientError, Token};
+use crate::fiskil::{error_chain, ClientError, Token, Tokens};
 use crate::metrics::Metrics;
 use crate::reach::{addressed_to_loopback, check_loopback, ReachConfigError, NOT_LOOPBACK_HOST};
 use crate::refresher::RefreshRequests;
 use crate::serve::{BodyError, Paced, MAX_BUF_SIZE};
 
 /// Request bodies up to this size are kept, so the request can be sent again after a 401.
-pub const MAX_RETRY_BODY: usize = 64 * 1024;
+pub(crate) const MAX_RETRY_BODY: usize = 64 * 1024;
 /// How long a request the upstream answered 401 waits for the new token it asked for; then the
 /// 401 goes back to the client, and later 401s for the same token go back at once.
 const REFRESH_WAIT: Duration = Duration::from_secs(3);
@@ -40,22 +39,22 @@ const REFRESH_WAIT: Duration = Duration::from_secs(3);
 /// doubling each time, up to the rejected token's lifetime; until then 401s go back at once.
 const REFRESH_BACKOFF: Duration = Duration::from_secs(5);
 /// How long idle upstream connections are kept for reuse.
-pub const POOL_IDLE: Duration = Duration::from_secs(10);
+pub(crate) const POOL_IDLE: Duration = Duration::from_secs(10);
 /// Connections the proxy serves at once (each may hold one upstream connection too).
-pub const PROXY_MAX_CONNECTIONS: usize = 128;
+pub(crate) const PROXY_MAX_CONNECTIONS: usize = 128;
 /// Idle upstream connections kept for reuse: as many as the proxy can use at once, so that a
 /// steady load never closes and reopens TLS connections; [`POOL_IDLE`] closes them after it.
-pub const POOL_MAX_IDLE: usize = PROXY_MAX_CONNECTIONS;
+pub(crate) const POOL_MAX_IDLE: usize = PROXY_MAX_CONNECTIONS;
 /// How long the upstream has to start answering (its status and headers), counted from
 /// sending the request; then the client gets 504.
-pub const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request body may keep the proxy waiting before it has earned more time by
 /// arriving (see [`crate::serve::MIN_BODY_RATE`]); then the client gets 408.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The proxy's flags.
 #[derive(clap::Args, Debug, Clone)]
-pub struct ProxyArgs {
+pub(crate) struct ProxyArgs {
     /// Serve a reverse proxy to the Fiskil API on this loopback address; it adds the token
     #[arg(long, env = "FISKIL_PROXY_LISTEN", value_name = "ADDR")]
     pub proxy_listen: Option<SocketAddr>,
@@ -67,7 +66,7 @@ pub struct ProxyArgs {
 
 /// The proxy's settings, validated.
 #[derive(Debug, Clone)]
-pub struct ProxyConfig {
+pub(crate) struct ProxyConfig {
     pub listen: SocketAddr,
     /// The upstream origin: scheme, host and port.
     pub upstream: Url,
@@ -93,7 +92,7 @@ pub enum ProxyConfigError {
 impl ProxyArgs {
     /// The proxy's settings if `--proxy-listen` is given; the upstream defaults to the origin
     /// of `token_url`.
-    pub fn validate(self, token_url: &Url) -> Result<Option<ProxyConfig>, ReachConfigError> {
+    pub(crate) fn validate(self, token_url: &Url) -> Result<Option<ProxyConfig>, ReachConfigError> {
         let Some(listen) = self.proxy_listen else {
             return match self.proxy_upstream {
                 Some(_) => Err(ProxyConfigError::UpstreamWithoutListen.into()),
@@ -136,13 +135,12 @@ fn check_upstream(raw: &str) -> Result<Url, ProxyConfigError> {
     }
 }
 
-type Tokens = watch::Receiver<Option<Arc<Token>>>;
 type ResponseBody = Either<Incoming, Full<Bytes>>;
 /// A response on its way to the client: the upstream's body is paced like a request body.
 type Answer = Either<Paced, Full<Bytes>>;
 
 /// Forwards requests to one upstream with the current token.
-pub struct Proxy {
+pub(crate) struct Proxy {
     client: Client<HttpsConnector<HttpConnector>, Outgoing>,
     scheme: Scheme,
     authority: Authority,
@@ -155,7 +153,7 @@ pub struct Proxy {
 impl Proxy {
     /// Builds the upstream client: the token client's trust, HTTP/1.1 with keep-alive, no
     /// environment proxies, no redirects.
-    pub fn new(
+    pub(crate) fn new(
         config: &ProxyConfig,
         http: &HttpSettings,
         tokens: Tokens,
@@ -661,7 +659,7 @@ fn refusal(status: StatusCode, message: &str) -> Response<ResponseBody> {
 
 /// Serves the proxy on `listener` until `shutdown`, bounded like every listener of the daemon
 /// (see [`crate::serve::serve`]), with at most [`PROXY_MAX_CONNECTIONS`] connections.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
     let handler = move |request| {
         let proxy = Arc::clone(&proxy);
         async move { proxy.handle(request).await }

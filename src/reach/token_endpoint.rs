@@ -1,7 +1,6 @@
 //! The loopback token endpoint: `GET /token` answers the current token, as text or JSON.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use hyper::body::Incoming;
@@ -9,16 +8,15 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::fiskil::Token;
+use crate::fiskil::Tokens;
 use crate::reach::{addressed_to_loopback, check_loopback, ReachConfigError, NOT_LOOPBACK_HOST};
 use crate::serve::{reply, Reply};
 
 /// The token endpoint's flag.
 #[derive(clap::Args, Debug, Clone)]
-pub struct TokenEndpointArgs {
+pub(crate) struct TokenEndpointArgs {
     /// Serve GET /token (the current token) on this loopback address; port 0 picks one
     #[arg(long, env = "FISKIL_TOKEN_LISTEN", value_name = "ADDR")]
     pub token_listen: Option<SocketAddr>,
@@ -26,7 +24,7 @@ pub struct TokenEndpointArgs {
 
 impl TokenEndpointArgs {
     /// The address to listen on, if any; only loopback addresses are accepted.
-    pub fn validate(self) -> Result<Option<SocketAddr>, ReachConfigError> {
+    pub(crate) fn validate(self) -> Result<Option<SocketAddr>, ReachConfigError> {
         self.token_listen
             .map(|addr| check_loopback("--token-listen", addr))
             .transpose()
@@ -34,11 +32,7 @@ impl TokenEndpointArgs {
 }
 
 /// Serves `/token` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    tokens: watch::Receiver<Option<Arc<Token>>>,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn serve(listener: TcpListener, tokens: Tokens, shutdown: CancellationToken) {
     let handler = move |request: Request<Incoming>| {
         let reply = answer(&request, &tokens, SystemTime::now());
         async move { reply }
@@ -47,11 +41,7 @@ pub async fn serve(
 }
 
 /// The answer to one request: the token unexpired at `now`, as text or (asked for) JSON.
-fn answer(
-    request: &Request<Incoming>,
-    tokens: &watch::Receiver<Option<Arc<Token>>>,
-    now: SystemTime,
-) -> Reply {
+fn answer(request: &Request<Incoming>, tokens: &Tokens, now: SystemTime) -> Reply {
     if !addressed_to_loopback(request) {
         return no_store(reply(
             StatusCode::FORBIDDEN,

@@ -14,7 +14,7 @@ use crate::fiskil::Token;
 /// The token file.
 #[derive(clap::Args, Debug)]
 #[command(next_help_heading = "Token file")]
-pub struct FileArgs {
+pub(crate) struct FileArgs {
     /// Write the token to this file, atomically (this and/or --secret-name is required)
     #[arg(long, env = "FISKIL_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
@@ -31,7 +31,7 @@ pub struct FileArgs {
 
 impl FileArgs {
     /// The file output, if `--token-file` is given.
-    pub fn output(self) -> Option<FileOutput> {
+    pub(crate) fn output(self) -> Option<FileOutput> {
         let (format, mode) = (self.token_format, self.file_mode);
         self.token_file
             .map(|path| FileOutput { path, format, mode })
@@ -40,7 +40,7 @@ impl FileArgs {
 
 /// How the token file is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TokenFormat {
+pub(crate) enum TokenFormat {
     /// The token alone, without a trailing newline.
     Raw,
     /// A JSON object with the token and its times.
@@ -49,7 +49,7 @@ pub enum TokenFormat {
 
 /// Where the token goes.
 #[derive(Debug, Clone)]
-pub struct FileOutput {
+pub(crate) struct FileOutput {
     pub path: PathBuf,
     pub format: TokenFormat,
     pub mode: u32,
@@ -80,7 +80,7 @@ pub enum FileError {
 
 /// Writes tokens to one file.
 #[derive(Debug, Clone)]
-pub struct FileSink {
+pub(crate) struct FileSink {
     path: PathBuf,
     dir: PathBuf,
     temp_prefix: String,
@@ -90,7 +90,7 @@ pub struct FileSink {
 
 impl FileSink {
     /// Checks the target directory and removes temporary files a previous run left behind.
-    pub fn new(output: &FileOutput) -> Result<Self, FileError> {
+    pub(crate) fn new(output: &FileOutput) -> Result<Self, FileError> {
         let path = output.path.clone();
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
@@ -221,7 +221,7 @@ impl FileSink {
 
     /// Replaces the file with `token`. Runs on the blocking pool and always finishes (or
     /// cleans up) even when the caller stops waiting, so no temporary file is left behind.
-    pub async fn write(&self, token: &Token) -> Result<(), FileError> {
+    pub(crate) async fn write(&self, token: &Token) -> Result<(), FileError> {
         let contents = render(token, self.format);
         let sink = self.clone();
         let written = tokio::task::spawn_blocking(move || sink.replace(contents.expose_secret()))
@@ -320,7 +320,7 @@ fn current_uid() -> Option<u32> {
 }
 
 /// The file's contents in the chosen format.
-pub fn render(token: &Token, format: TokenFormat) -> SecretString {
+pub(crate) fn render(token: &Token, format: TokenFormat) -> SecretString {
     match format {
         TokenFormat::Raw => token.value.clone(),
         TokenFormat::Json => SecretString::from(

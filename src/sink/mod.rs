@@ -1,23 +1,22 @@
 //! Outputs that hold the token, each written by its own task so one never delays another.
 
-pub mod file;
-pub mod secret;
+pub(crate) mod file;
+pub(crate) mod secret;
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::fiskil::Token;
-use crate::fleet::events::{Events, Happening};
-use crate::fleet::lease::{Leadership, Permit};
+use crate::fiskil::{Token, Tokens};
+use crate::happenings::{Happening, Happenings};
+use crate::leadership::{Leadership, Permit};
 use crate::metrics::Metrics;
 use crate::schedule::{Held, Timing};
 use crate::status::OutputStatus;
 
 /// A place the token is written to.
 #[derive(Debug, Clone)]
-pub enum Output {
+pub(crate) enum Output {
     File(file::FileSink),
     Secret(Box<secret::SecretSink>),
 }
@@ -38,7 +37,7 @@ pub enum OutputError {
 impl Output {
     /// The `output` metric label and the name in logs and `/readyz`: `file`, or
     /// `secret:NAMESPACE/NAME`.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Output::File(_) => "file",
             Output::Secret(sink) => sink.name(),
@@ -47,7 +46,7 @@ impl Output {
 
     /// Writes one token; a permit's term is recorded with it, and the write is abandoned if it
     /// cannot finish by the permit's deadline.
-    pub async fn write(&self, token: &Token, permit: &Permit) -> Result<(), OutputError> {
+    pub(crate) async fn write(&self, token: &Token, permit: &Permit) -> Result<(), OutputError> {
         let write = async {
             match self {
                 Output::File(sink) => Ok(sink.write(token).await?),
@@ -69,28 +68,28 @@ impl Output {
     /// The Event to publish when this output starts failing (`error`) or recovers (`None`).
     fn happening(&self, error: Option<&OutputError>) -> Happening {
         let output = self.name().to_owned();
-        let secret = match self {
+        let object = match self {
             Output::File(_) => None,
             Output::Secret(sink) => Some(sink.target().clone()),
         };
         match error {
             Some(error) => Happening::WriteFailed {
                 output,
-                secret,
+                object,
                 error: error.to_string(),
             },
-            None => Happening::WriteRecovered { output, secret },
+            None => Happening::WriteRecovered { output, object },
         }
     }
 }
 
 /// What every output's task shares.
 #[derive(Clone)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub timing: Timing,
     pub leadership: Arc<Leadership>,
-    pub events: Events,
+    pub happenings: Happenings,
 }
 
 /// How a write-with-retries ended.
@@ -103,9 +102,9 @@ enum Written {
 /// Writes every new token to `output`, retrying failures with backoff until it succeeds, a
 /// newer token replaces it, or shutdown. A write in progress always finishes; nothing is
 /// written without leave from the leadership.
-pub async fn run(
+pub(crate) async fn run(
     output: Output,
-    mut tokens: watch::Receiver<Option<Arc<Token>>>,
+    mut tokens: Tokens,
     status: Arc<OutputStatus>,
     shared: Shared,
     shutdown: CancellationToken,
@@ -141,7 +140,7 @@ pub async fn run(
 async fn write_until_done(
     output: &Output,
     token: &Token,
-    tokens: &mut watch::Receiver<Option<Arc<Token>>>,
+    tokens: &mut Tokens,
     status: &OutputStatus,
     shared: &Shared,
     failing: &mut bool,
@@ -166,7 +165,7 @@ async fn write_until_done(
                         output = output.name(),
                         "the output holds a current token again"
                     );
-                    shared.events.emit(output.happening(None));
+                    shared.happenings.report(output.happening(None));
                 }
                 return Written::Done;
             }
@@ -176,7 +175,7 @@ async fn write_until_done(
                 let delay = shared.timing.backoff(failures, held, rand::random());
                 tracing::warn!(output = output.name(), error = %e, retry_in = ?delay, "cannot write the token");
                 if !std::mem::replace(failing, true) {
-                    shared.events.emit(output.happening(Some(&e)));
+                    shared.happenings.report(output.happening(Some(&e)));
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return Written::Stopped,
@@ -189,7 +188,7 @@ async fn write_until_done(
 }
 
 /// Writes one token to `output`, retrying until `deadline`; for `--once`.
-pub async fn write_once(
+pub(crate) async fn write_once(
     output: &Output,
     token: &Token,
     metrics: &Metrics,
@@ -197,10 +196,7 @@ pub async fn write_once(
     deadline: tokio::time::Instant,
 ) -> Result<(), OutputError> {
     let mut failures = 0;
-    let permit = Permit {
-        deadline: None,
-        term: None,
-    };
+    let permit = Permit::unbounded();
     loop {
         match output.write(token, &permit).await {
             Ok(()) => {

@@ -13,22 +13,23 @@ use secrecy::ExposeSecret;
 
 use crate::cli::dns_name;
 use crate::fiskil::Token;
-use crate::fleet::lease::Term;
-use crate::kubernetes::{Kube, SecretRef};
+use crate::happenings::ObjectName;
+use crate::kubernetes::client::Kube;
+use crate::leadership::Term;
 
 /// The field manager that owns the keys this program writes.
-pub const FIELD_MANAGER: &str = "fiskil-token-refresher";
+pub(crate) const FIELD_MANAGER: &str = "fiskil-token-refresher";
 /// The Secret key holding the token's expiry as RFC 3339.
-pub const EXPIRES_AT_KEY: &str = "expires_at";
+pub(crate) const EXPIRES_AT_KEY: &str = "expires_at";
 /// With leader election, the replica that wrote the token.
-pub const WRITER_ANNOTATION: &str = "fiskil-token-refresher/writer";
+pub(crate) const WRITER_ANNOTATION: &str = "fiskil-token-refresher/writer";
 /// With leader election, the Lease term (its `leaseTransitions`) the token was written in.
-pub const TERM_ANNOTATION: &str = "fiskil-token-refresher/lease-term";
+pub(crate) const TERM_ANNOTATION: &str = "fiskil-token-refresher/lease-term";
 
 /// The Kubernetes Secret outputs.
 #[derive(clap::Args, Debug)]
 #[command(next_help_heading = "Kubernetes Secret")]
-pub struct SecretArgs {
+pub(crate) struct SecretArgs {
     /// Also write the token into this Kubernetes Secret (server-side apply); enables the output
     #[arg(long, env = "FISKIL_SECRET_NAME", value_name = "NAME")]
     pub secret_name: Option<String>,
@@ -76,14 +77,14 @@ pub enum SecretArgsError {
 
 /// One Secret to write; without a namespace, the default namespace applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     pub namespace: Option<String>,
     pub name: String,
 }
 
 /// Where the token goes in Kubernetes.
 #[derive(Debug, Clone)]
-pub struct SecretOutput {
+pub(crate) struct SecretOutput {
     pub targets: Vec<Target>,
     pub key: String,
     /// Time allowed for one API server call.
@@ -93,7 +94,7 @@ pub struct SecretOutput {
 impl SecretArgs {
     /// The Secret outputs, if `--secret-name` or `--secret` is given; `timeout` bounds each API
     /// call.
-    pub fn output(self, timeout: Duration) -> Result<Option<SecretOutput>, SecretArgsError> {
+    pub(crate) fn output(self, timeout: Duration) -> Result<Option<SecretOutput>, SecretArgsError> {
         let mut targets = Vec::new();
         if let Some(name) = self.secret_name {
             if !dns_name(&name, true, 253) {
@@ -175,9 +176,9 @@ pub enum SecretError {
 
 /// Writes the token into one Secret.
 #[derive(Clone)]
-pub struct SecretSink {
+pub(crate) struct SecretSink {
     api: Api<Secret>,
-    target: SecretRef,
+    target: ObjectName,
     /// The output's name: `secret:NAMESPACE/NAME`.
     output: String,
     key: String,
@@ -193,7 +194,7 @@ impl std::fmt::Debug for SecretSink {
 impl SecretSink {
     /// One sink per target, sharing the client; a target without a namespace goes to the
     /// connection's default namespace.
-    pub fn for_each_target(kube: &Kube, output: &SecretOutput) -> Vec<SecretSink> {
+    pub(crate) fn for_each_target(kube: &Kube, output: &SecretOutput) -> Vec<SecretSink> {
         output
             .targets
             .iter()
@@ -206,7 +207,7 @@ impl SecretSink {
                 SecretSink {
                     api: Api::namespaced(kube.client.clone(), &namespace),
                     output: format!("secret:{namespace}/{}", target.name),
-                    target: SecretRef {
+                    target: ObjectName {
                         namespace,
                         name: target.name.clone(),
                     },
@@ -218,17 +219,21 @@ impl SecretSink {
     }
 
     /// `secret:NAMESPACE/NAME`.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.output
     }
 
-    pub fn target(&self) -> &SecretRef {
+    pub(crate) fn target(&self) -> &ObjectName {
         &self.target
     }
 
     /// Applies the token and its expiry; creates the Secret if it does not exist. With a
     /// leadership `term`, the writer and its term are recorded in annotations.
-    pub async fn write(&self, token: &Token, term: Option<&Term>) -> Result<(), SecretError> {
+    pub(crate) async fn write(
+        &self,
+        token: &Token,
+        term: Option<&Term>,
+    ) -> Result<(), SecretError> {
         let expires_at = humantime::format_rfc3339_millis(token.expires_at()).to_string();
         let annotations = term.map(|term| {
             BTreeMap::from([

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use fiskil_token_refresher::credentials::{CredentialSources, Source};
+use fiskil_token_refresher::{CredentialSources, Source};
 use libfuzzer_sys::fuzz_target;
 use secrecy::ExposeSecret;
 

@@ -2,7 +2,7 @@
 //! usable token with a sane lifetime.
 #![no_main]
 
-use fiskil_token_refresher::fiskil::{parse_token_response, MAX_EXPIRES_IN};
+use fiskil_token_refresher::{parse_token_response, MAX_EXPIRES_IN};
 use libfuzzer_sys::fuzz_target;
 use secrecy::ExposeSecret;
 

@@ -1,19 +1,20 @@
-//! Kubernetes Events (`events.k8s.io/v1`) for the state changes operators act on: one per
-//! change, repeats folded into the Event's series by kube's recorder, never one per retry.
+//! Kubernetes Events (`events.k8s.io/v1`) for the happenings operators act on: one per change,
+//! repeats folded into the Event's series by kube's recorder, never one per retry.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
-use crate::kubernetes::{Pod, SecretRef};
+use crate::happenings::{Happening, Happenings, ObjectName};
+use crate::kubernetes::client::Pod;
 
 /// Kubernetes Events.
 #[derive(clap::Args, Debug)]
 #[command(next_help_heading = "Kubernetes Events")]
-pub struct EventArgs {
+pub(crate) struct EventArgs {
     /// Publish Kubernetes Events on state changes (credentials rejected, token about to expire,
     /// Secret write failing, recovery, leadership), about the pod (POD_NAME, POD_NAMESPACE,
     /// POD_UID), else the Secret concerned
@@ -22,49 +23,16 @@ pub struct EventArgs {
 }
 
 /// The reporting controller named in every Event.
-pub const CONTROLLER: &str = "fiskil-token-refresher";
+pub(crate) const CONTROLLER: &str = "fiskil-token-refresher";
 /// Events waiting to be published; state changes are rare, so a full queue means the API
 /// server is not taking them, and newer ones are dropped with a warning.
 const QUEUE: usize = 64;
 /// Time allowed for one Event to be published.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A state change worth an Event.
-#[derive(Debug, Clone)]
-pub enum Happening {
-    CredentialsRejected {
-        error: String,
-    },
-    TokenExpiringSoon {
-        left: Duration,
-        failures: u32,
-        error: String,
-    },
-    TokenRefreshed {
-        failures: u32,
-    },
-    WriteFailed {
-        output: String,
-        secret: Option<SecretRef>,
-        error: String,
-    },
-    WriteRecovered {
-        output: String,
-        secret: Option<SecretRef>,
-    },
-    LeaderElected {
-        lease: String,
-        term: i32,
-    },
-    LeadershipLost {
-        lease: String,
-        reason: String,
-    },
-}
-
-impl Happening {
-    fn event(&self) -> Event {
-        let (type_, reason, action, note) = match self {
+/// The Event for a happening.
+fn event(happening: &Happening) -> Event {
+    let (type_, reason, action, note) = match happening {
             Happening::CredentialsRejected { error } => (
                 EventType::Warning,
                 "CredentialsRejected",
@@ -90,15 +58,15 @@ impl Happening {
                 "RequestToken",
                 format!("a token was obtained again after {failures} failed requests"),
             ),
-            Happening::WriteFailed { output, secret, error } => (
+            Happening::WriteFailed { output, object, error } => (
                 EventType::Warning,
-                if secret.is_some() { "SecretWriteFailed" } else { "TokenFileWriteFailed" },
+                if object.is_some() { "SecretWriteFailed" } else { "TokenFileWriteFailed" },
                 "WriteToken",
                 format!("cannot write the token to {output}: {error}"),
             ),
-            Happening::WriteRecovered { output, secret } => (
+            Happening::WriteRecovered { output, object } => (
                 EventType::Normal,
-                if secret.is_some() { "SecretWriteRecovered" } else { "TokenFileWriteRecovered" },
+                if object.is_some() { "SecretWriteRecovered" } else { "TokenFileWriteRecovered" },
                 "WriteToken",
                 format!("{output} holds a current token again"),
             ),
@@ -115,23 +83,13 @@ impl Happening {
                 format!("no longer the leader through Lease {lease}: {reason}"),
             ),
         };
-        Event {
-            type_,
-            reason: reason.into(),
-            // The API server refuses notes over 1 kB.
-            note: Some(truncate(note, 1000)),
-            action: action.into(),
-            secondary: None,
-        }
-    }
-
-    fn secret(&self) -> Option<&SecretRef> {
-        match self {
-            Happening::WriteFailed { secret, .. } | Happening::WriteRecovered { secret, .. } => {
-                secret.as_ref()
-            }
-            _ => None,
-        }
+    Event {
+        type_,
+        reason: reason.into(),
+        // The API server refuses notes over 1 kB.
+        note: Some(truncate(note, 1000)),
+        action: action.into(),
+        secondary: None,
     }
 }
 
@@ -146,32 +104,17 @@ fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
-/// Where components report state changes; does nothing unless `--events` is on.
-#[derive(Debug, Clone, Default)]
-pub struct Events(Option<mpsc::Sender<Happening>>);
-
-impl Events {
-    /// Queues an Event; never waits.
-    pub fn emit(&self, happening: Happening) {
-        if let Some(queue) = &self.0 {
-            if queue.try_send(happening).is_err() {
-                tracing::warn!("Events are not being published fast enough; dropping one");
-            }
-        }
-    }
-}
-
 /// What Events are about: the pod, else the Secret concerned, else the first Secret target.
 #[derive(Debug, Clone)]
-pub struct Regarding {
+pub(crate) struct Regarding {
     pub pod: Option<Pod>,
     /// The Secret for Events about no particular Secret when there is no pod.
-    pub fallback: Option<SecretRef>,
+    pub fallback: Option<ObjectName>,
 }
 
 impl Regarding {
     fn reference(&self, happening: &Happening) -> Option<ObjectReference> {
-        match (&self.pod, happening.secret()) {
+        match (&self.pod, happening.object()) {
             (Some(pod), _) => Some(ObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
@@ -180,20 +123,32 @@ impl Regarding {
                 uid: pod.uid.clone(),
                 ..ObjectReference::default()
             }),
-            (None, Some(secret)) => Some(secret.object_reference()),
-            (None, None) => self.fallback.as_ref().map(SecretRef::object_reference),
+            (None, Some(secret)) => Some(secret_reference(secret)),
+            (None, None) => self.fallback.as_ref().map(secret_reference),
         }
     }
 }
 
-/// Starts the publisher; it ends once every [`Events`] handle is dropped and the queue is
-/// empty.
-pub fn start(
+/// The reference Events use for a Secret an output writes.
+fn secret_reference(secret: &ObjectName) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Secret".into()),
+        name: Some(secret.name.clone()),
+        namespace: Some(secret.namespace.clone()),
+        ..ObjectReference::default()
+    }
+}
+
+/// Publishes what the returned handle reports as Events, on `tasks`; the task ends once every
+/// clone of the handle is dropped and the queue is empty.
+pub(crate) fn start(
     client: kube::Client,
     instance: String,
     regarding: Regarding,
-) -> (Events, JoinHandle<()>) {
-    let (queue, mut pending) = mpsc::channel::<Happening>(QUEUE);
+    tasks: &TaskTracker,
+) -> (Happenings, JoinHandle<()>) {
+    let (happenings, mut pending) = Happenings::channel(QUEUE);
     let recorder = Recorder::new(
         client,
         Reporter {
@@ -201,14 +156,14 @@ pub fn start(
             instance: Some(instance),
         },
     );
-    let task = tokio::spawn(async move {
+    let publisher = tasks.spawn(async move {
         while let Some(happening) = pending.recv().await {
-            let mut event = happening.event();
+            let mut event = event(&happening);
             let Some(reference) = regarding.reference(&happening) else {
                 continue;
             };
             if regarding.pod.is_some() {
-                event.secondary = happening.secret().map(SecretRef::object_reference);
+                event.secondary = happening.object().map(secret_reference);
             }
             let published =
                 tokio::time::timeout(PUBLISH_TIMEOUT, recorder.publish(&event, &reference)).await;
@@ -225,7 +180,7 @@ pub fn start(
             }
         }
     });
-    (Events(Some(queue)), task)
+    (happenings, publisher)
 }
 
 #[cfg(test)]
@@ -234,17 +189,17 @@ mod tests {
 
     #[test]
     fn events_are_about_the_pod_else_the_secret_concerned() {
-        let secret = SecretRef {
+        let secret = ObjectName {
             namespace: "team-a".into(),
             name: "token".into(),
         };
-        let fallback = SecretRef {
+        let fallback = ObjectName {
             namespace: "ops".into(),
             name: "first".into(),
         };
         let failed = Happening::WriteFailed {
             output: "secret:team-a/token".into(),
-            secret: Some(secret.clone()),
+            object: Some(secret.clone()),
             error: "forbidden".into(),
         };
         let rejected = Happening::CredentialsRejected {
@@ -256,11 +211,11 @@ mod tests {
         };
         assert_eq!(
             without_pod.reference(&failed),
-            Some(secret.object_reference())
+            Some(secret_reference(&secret))
         );
         assert_eq!(
             without_pod.reference(&rejected),
-            Some(fallback.object_reference())
+            Some(secret_reference(&fallback))
         );
         let with_pod = Regarding {
             pod: Some(Pod {
@@ -275,8 +230,8 @@ mod tests {
             (pod.kind.as_deref(), pod.name.as_deref(), pod.uid.as_deref()),
             (Some("Pod"), Some("writer-0"), Some("u-1"))
         );
-        assert_eq!(failed.event().reason, "SecretWriteFailed");
-        assert!(matches!(rejected.event().type_, EventType::Warning));
+        assert_eq!(event(&failed).reason, "SecretWriteFailed");
+        assert!(matches!(event(&rejected).type_, EventType::Warning));
     }
 
     #[test]
@@ -284,6 +239,6 @@ mod tests {
         let long = Happening::CredentialsRejected {
             error: "é".repeat(800),
         };
-        assert!(long.event().note.unwrap().len() <= 1000);
+        assert!(event(&long).note.unwrap().len() <= 1000);
     }
 }

@@ -4,10 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
-
 /// Where a pod finds its own namespace.
-pub const SERVICE_ACCOUNT_NAMESPACE: &str =
+pub(crate) const SERVICE_ACCOUNT_NAMESPACE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 /// No usable Kubernetes connection.
@@ -24,7 +22,7 @@ pub enum KubeSetupError {
 
 /// A connected client and the namespace things default to.
 #[derive(Clone)]
-pub struct Kube {
+pub(crate) struct Kube {
     pub client: kube::Client,
     /// `POD_NAMESPACE`, else the pod's ServiceAccount namespace, else the kubeconfig context's.
     pub default_namespace: String,
@@ -34,8 +32,12 @@ impl Kube {
     /// Connects the usual way (KUBECONFIG or ~/.kube/config when present, else the pod's
     /// ServiceAccount). The client does not retry on its own: callers retry with their own
     /// backoff, and `timeout` bounds each connection, read and write. `needed` names the
-    /// option that needs the connection, for the error.
-    pub async fn connect(timeout: Duration, needed: &'static str) -> Result<Kube, KubeSetupError> {
+    /// option that needs the connection, for the error; `pod_namespace_env` is `POD_NAMESPACE`.
+    pub(crate) async fn connect(
+        timeout: Duration,
+        needed: &'static str,
+        pod_namespace_env: Option<&str>,
+    ) -> Result<Kube, KubeSetupError> {
         let mut config = kube::Config::infer()
             .await
             .map_err(|source| KubeSetupError::NoCluster { needed, source })?;
@@ -43,11 +45,9 @@ impl Kube {
         config.connect_timeout = Some(timeout);
         config.read_timeout = Some(timeout);
         config.write_timeout = Some(timeout);
-        let default_namespace = pod_namespace(
-            std::env::var("POD_NAMESPACE").ok().as_deref(),
-            Path::new(SERVICE_ACCOUNT_NAMESPACE),
-        )
-        .unwrap_or_else(|| config.default_namespace.clone());
+        let default_namespace =
+            pod_namespace(pod_namespace_env, Path::new(SERVICE_ACCOUNT_NAMESPACE))
+                .unwrap_or_else(|| config.default_namespace.clone());
         let client = kube::Client::try_from(config).map_err(KubeSetupError::Client)?;
         Ok(Kube {
             client,
@@ -58,65 +58,62 @@ impl Kube {
 
 /// The pod's namespace: `POD_NAMESPACE` from the downward API, else the ServiceAccount's
 /// namespace file.
-pub fn pod_namespace(env: Option<&str>, service_account_file: &Path) -> Option<String> {
+pub(crate) fn pod_namespace(env: Option<&str>, service_account_file: &Path) -> Option<String> {
     env.map(str::to_owned)
         .or_else(|| std::fs::read_to_string(service_account_file).ok())
         .map(|text| text.trim().to_owned())
         .filter(|text| !text.is_empty())
 }
 
-/// The pod this process runs in, from the downward API (`POD_NAME`, `POD_NAMESPACE`,
-/// `POD_UID`), when it is given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pod {
-    pub name: String,
-    pub namespace: String,
+/// What the downward API tells this process about its pod (`POD_NAME`, `POD_NAMESPACE`,
+/// `POD_UID`), read once from the environment `Config` is given; empty values count as unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Downward {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
     pub uid: Option<String>,
 }
 
-impl Pod {
-    /// The pod named by the environment, or `None` without `POD_NAME`; its namespace
-    /// defaults to `default_namespace`.
-    pub fn from_env(env: impl Fn(&str) -> Option<String>, default_namespace: &str) -> Option<Pod> {
-        let set = |name| env(name).filter(|value| !value.is_empty());
-        Some(Pod {
-            name: set("POD_NAME")?,
-            namespace: set("POD_NAMESPACE").unwrap_or_else(|| default_namespace.to_owned()),
+impl Downward {
+    /// Reads the three variables through `env`.
+    pub(crate) fn from_env(env: impl Fn(&str) -> Option<String>) -> Downward {
+        let set = |name| env(name).filter(|value: &String| !value.is_empty());
+        Downward {
+            name: set("POD_NAME"),
+            namespace: set("POD_NAMESPACE"),
             uid: set("POD_UID"),
+        }
+    }
+
+    /// The pod, or `None` without `POD_NAME`; its namespace defaults to `default_namespace`.
+    pub(crate) fn pod(&self, default_namespace: &str) -> Option<Pod> {
+        Some(Pod {
+            name: self.name.clone()?,
+            namespace: self
+                .namespace
+                .clone()
+                .unwrap_or_else(|| default_namespace.to_owned()),
+            uid: self.uid.clone(),
         })
     }
-}
 
-/// This process's name among replicas: `POD_NAME`, else the hostname.
-pub fn identity(env: impl Fn(&str) -> Option<String>) -> String {
-    env("POD_NAME")
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| {
+    /// This process's name among replicas: `POD_NAME`, else the hostname.
+    pub(crate) fn identity(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
             rustix::system::uname()
                 .nodename()
                 .to_string_lossy()
                 .into_owned()
         })
-}
-
-/// One Secret, by namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl SecretRef {
-    /// The reference Events use for it.
-    pub fn object_reference(&self) -> ObjectReference {
-        ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Secret".into()),
-            name: Some(self.name.clone()),
-            namespace: Some(self.namespace.clone()),
-            ..ObjectReference::default()
-        }
     }
+}
+
+/// The pod this process runs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub uid: Option<String>,
 }
 
 #[cfg(test)]
@@ -139,18 +136,19 @@ mod tests {
 
     #[test]
     fn identity_is_the_pod_name_else_the_hostname() {
-        assert_eq!(identity(|_| Some("writer-0".into())), "writer-0");
-        let host = identity(|_| None);
+        let named = Downward::from_env(|_| Some("writer-0".into()));
+        assert_eq!(named.identity(), "writer-0");
+        let host = Downward::from_env(|_| None).identity();
         assert!(!host.is_empty());
-        assert_eq!(identity(|_| Some(String::new())), host);
+        assert_eq!(Downward::from_env(|_| Some(String::new())).identity(), host);
     }
 
     #[test]
     fn the_pod_needs_a_name() {
-        assert_eq!(Pod::from_env(|_| None, "ns"), None);
+        assert_eq!(Downward::from_env(|_| None).pod("ns"), None);
         let env = |name: &str| (name == "POD_NAME").then(|| "p".to_owned());
         assert_eq!(
-            Pod::from_env(env, "ns"),
+            Downward::from_env(env).pod("ns"),
             Some(Pod {
                 name: "p".into(),
                 namespace: "ns".into(),

@@ -1,6 +1,7 @@
-//! Leader election through a Lease: one writer per term, and none once a takeover could begin.
+//! Leader election through a Kubernetes Lease: one writer per term, and none once a takeover
+//! could begin. It keeps the neutral [`Leadership`] gate current.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -9,18 +10,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{PostParams, WatchEvent, WatchParams};
 use kube::Api;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{dns_name, positive_duration};
-use crate::fleet::events::{Events, Happening};
+use crate::happenings::{Happening, Happenings};
+use crate::leadership::{Leadership, Role, Term};
 use crate::metrics::Metrics;
 
 /// Leader election: which replica requests tokens and writes the Secrets.
 #[derive(clap::Args, Debug)]
 #[command(next_help_heading = "Leader election")]
-pub struct LeaseArgs {
+pub(crate) struct LeaseArgs {
     /// Replicas elect a leader with a Lease; only the leader requests tokens and writes the
     /// Secrets, the others stand by (identity: POD_NAME, else the hostname)
     #[arg(long, env = "FISKIL_LEADER_ELECT")]
@@ -65,7 +66,7 @@ pub enum LeaseArgsError {
 
 /// The Lease and its timing, validated.
 #[derive(Debug, Clone)]
-pub struct Election {
+pub(crate) struct Election {
     pub name: String,
     pub namespace: Option<String>,
     /// How long the Lease lasts without renewal.
@@ -79,7 +80,7 @@ pub struct Election {
 impl LeaseArgs {
     /// The election, with `--leader-elect`; renew deadline and retry period keep client-go's
     /// proportions (15 s, 10 s, 2 s).
-    pub fn election(self) -> Result<Option<Election>, LeaseArgsError> {
+    pub(crate) fn election(self) -> Result<Option<Election>, LeaseArgsError> {
         if !self.leader_elect {
             return Ok(None);
         }
@@ -123,122 +124,6 @@ pub const TAKEOVER_MARGIN: Duration = Duration::from_secs(2);
 /// delays it.
 fn takeover_after(own: Duration, lease: Option<&Lease>) -> Duration {
     own.max(lease.map_or(Duration::ZERO, held_for)) + TAKEOVER_MARGIN
-}
-
-/// One holder's tenure: the Lease's `leaseTransitions` when it took the Lease. A replica only
-/// leads in a term it wrote itself (taking or creating the Lease), and a new term is always
-/// above every `leaseTransitions` this process has seen, a deleted Lease's included.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Term {
-    pub identity: String,
-    pub number: i32,
-}
-
-/// What this process is among the replicas.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
-    /// No election: the only writer.
-    Single,
-    Leader(Term),
-    Follower,
-}
-
-impl Role {
-    pub fn leads(&self) -> bool {
-        !matches!(self, Role::Follower)
-    }
-}
-
-/// Leave to write: until when, and in which term.
-#[derive(Debug, Clone)]
-pub struct Permit {
-    /// Writes must be done by then: the leader's renew deadline, well before any follower may
-    /// take the Lease over.
-    pub deadline: Option<Instant>,
-    pub term: Option<Term>,
-}
-
-#[derive(Debug, Default)]
-struct Seen {
-    /// When the last successful renewal was sent.
-    renewed_at: Option<Instant>,
-    /// When the Lease was last read or written successfully.
-    contact_at: Option<Instant>,
-    /// The holder a follower last saw.
-    holder: Option<String>,
-}
-
-/// The shared view of leadership: the refresh loop waits on it, outputs ask it for leave to
-/// write, `/readyz` reports it.
-#[derive(Debug)]
-pub struct Leadership {
-    role: watch::Sender<Role>,
-    lease_duration: Duration,
-    renew_deadline: Duration,
-    seen: Mutex<Seen>,
-}
-
-impl Leadership {
-    /// The only writer, without an election.
-    pub fn single() -> Arc<Leadership> {
-        Arc::new(Leadership {
-            role: watch::Sender::new(Role::Single),
-            lease_duration: Duration::ZERO,
-            renew_deadline: Duration::ZERO,
-            seen: Mutex::default(),
-        })
-    }
-
-    /// A replica that starts as a follower.
-    pub fn elected(lease_duration: Duration) -> Arc<Leadership> {
-        Arc::new(Leadership {
-            role: watch::Sender::new(Role::Follower),
-            lease_duration,
-            renew_deadline: renew_deadline(lease_duration),
-            seen: Mutex::default(),
-        })
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<Role> {
-        self.role.subscribe()
-    }
-
-    pub fn role(&self) -> Role {
-        self.role.borrow().clone()
-    }
-
-    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Leave to write now, or `None` while following or once the renew deadline has passed
-    /// since the last renewal (a leader that was paused, say, before it noticed).
-    pub fn permit(&self) -> Option<Permit> {
-        match self.role() {
-            Role::Single => Some(Permit {
-                deadline: None,
-                term: None,
-            }),
-            Role::Leader(term) => {
-                let deadline = self.seen().renewed_at? + self.renew_deadline;
-                (Instant::now() < deadline).then_some(Permit {
-                    deadline: Some(deadline),
-                    term: Some(term),
-                })
-            }
-            Role::Follower => None,
-        }
-    }
-
-    /// For a follower: whether it read the Lease within the lease duration, i.e. it can take
-    /// over; and the holder it saw.
-    pub fn standby(&self, now: Instant) -> (bool, Option<String>) {
-        let seen = self.seen();
-        let fresh = seen
-            .contact_at
-            .is_some_and(|at| now.duration_since(at) < self.lease_duration);
-        (fresh, seen.holder.clone())
-    }
 }
 
 /// Why one attempt on the Lease failed.
@@ -384,19 +269,19 @@ enum Attempt {
 }
 
 /// Competes for the Lease and keeps it while it can.
-pub struct Elector {
+pub(crate) struct Elector {
     pub api: Api<Lease>,
     pub election: Election,
     pub identity: String,
     pub leadership: Arc<Leadership>,
     pub metrics: Arc<Metrics>,
-    pub events: Events,
+    pub happenings: Happenings,
 }
 
 impl Elector {
     /// Runs until `stop`; stops competing once `shutdown` begins, and releases the Lease on
     /// `stop` if it holds it, so a follower takes over at once.
-    pub async fn run(self, shutdown: CancellationToken, stop: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken, stop: CancellationToken) {
         let lease_ref = format!(
             "{}/{}",
             self.api.namespace().unwrap_or_default(),
@@ -419,7 +304,7 @@ impl Elector {
             let started = Instant::now();
             // A leader must have renewed by its renew deadline; an attempt that cannot beat it
             // is abandoned, and the leader steps down.
-            let renewed_at = self.leadership.seen().renewed_at.filter(|_| term.is_some());
+            let renewed_at = self.leadership.renewed_at().filter(|_| term.is_some());
             let deadline = renewed_at.unwrap_or(started) + self.election.renew_deadline;
             let was_missing = observed.sighting == Sighting::Missing;
             let attempt = tokio::time::timeout_at(
@@ -647,20 +532,14 @@ impl Elector {
     }
 
     fn renewed(&self, sent: Instant, term: Term, lease_ref: &str) {
-        {
-            let mut seen = self.leadership.seen();
-            seen.renewed_at = Some(sent);
-            seen.contact_at = Some(Instant::now());
-            seen.holder = Some(self.identity.clone());
-        }
-        if self.leadership.role() != Role::Leader(term.clone()) {
-            tracing::info!(identity = %self.identity, lease = %lease_ref, term = term.number, "leadership acquired");
-            self.events.emit(Happening::LeaderElected {
+        let number = term.number;
+        if self.leadership.renewed(sent, term) {
+            tracing::info!(identity = %self.identity, lease = %lease_ref, term = number, "leadership acquired");
+            self.happenings.report(Happening::LeaderElected {
                 lease: lease_ref.to_owned(),
-                term: term.number,
+                term: number,
             });
             self.metrics.set_leader(true);
-            self.leadership.role.send_replace(Role::Leader(term));
         }
     }
 
@@ -668,16 +547,11 @@ impl Elector {
     /// the Lease missing or naming another holder or term steps down.
     fn following(&self, holder: Option<String>, exists: bool, lease_ref: &str) {
         let ours = holder.as_deref() == Some(self.identity.as_str());
-        {
-            let mut seen = self.leadership.seen();
-            seen.contact_at = Some(Instant::now());
-            if seen.holder != holder {
-                tracing::info!(holder = holder.as_deref().unwrap_or(""), lease = %lease_ref, "following");
-                if ours {
-                    tracing::warn!(lease = %lease_ref, "the Lease names this replica, which did not take it (an edit, or an earlier run under the same identity); it takes the Lease as a new term once it expires");
-                }
+        if self.leadership.saw_holder(holder.clone()).is_some() {
+            tracing::info!(holder = holder.as_deref().unwrap_or(""), lease = %lease_ref, "following");
+            if ours {
+                tracing::warn!(lease = %lease_ref, "the Lease names this replica, which did not take it (an edit, or an earlier run under the same identity); it takes the Lease as a new term once it expires");
             }
-            seen.holder.clone_from(&holder);
         }
         if self.leadership.role().leads() {
             let reason = match (exists, holder.is_some(), ours) {
@@ -704,7 +578,7 @@ impl Elector {
             }
             return;
         }
-        let renewed_at = self.leadership.seen().renewed_at;
+        let renewed_at = self.leadership.renewed_at();
         let overdue = renewed_at.is_none_or(|at| at.elapsed() >= self.election.renew_deadline);
         if overdue {
             self.lose(
@@ -718,12 +592,12 @@ impl Elector {
 
     fn lose(&self, reason: &'static str, lease_ref: &str) {
         tracing::warn!(identity = %self.identity, lease = %lease_ref, reason, "leadership lost");
-        self.events.emit(Happening::LeadershipLost {
+        self.happenings.report(Happening::LeadershipLost {
             lease: lease_ref.to_owned(),
             reason: reason.to_owned(),
         });
         self.metrics.set_leader(false);
-        self.leadership.role.send_replace(Role::Follower);
+        self.leadership.step_down();
     }
 
     /// Sleeps `wait`, or less for a follower when the Lease changes (a release is then seen at
@@ -765,7 +639,7 @@ impl Elector {
             return;
         };
         self.metrics.set_leader(false);
-        self.leadership.role.send_replace(Role::Follower);
+        self.leadership.step_down();
         let Some(mut lease) = last else {
             tracing::warn!(lease = %lease_ref, "leadership ended without a current Lease to release; followers wait for it to expire");
             return;
@@ -786,7 +660,7 @@ impl Elector {
         match released {
             Ok(Ok(_)) => {
                 tracing::info!(identity = %self.identity, lease = %lease_ref, term = term.number, "leadership released");
-                self.events.emit(Happening::LeadershipLost {
+                self.happenings.report(Happening::LeadershipLost {
                     lease: lease_ref.to_owned(),
                     reason: "released at shutdown".to_owned(),
                 });
@@ -848,28 +722,6 @@ mod tests {
             parse(&["--leader-elect", "--lease-namespace", "a.b"]),
             Err(LeaseArgsError::Namespace(_))
         ));
-    }
-
-    #[test]
-    fn a_follower_has_no_permit_and_a_leader_one_that_ends_at_its_renew_deadline() {
-        assert!(Leadership::single().permit().unwrap().deadline.is_none());
-        let leadership = Leadership::elected(Duration::from_secs(15));
-        assert!(leadership.permit().is_none());
-        let sent = Instant::now();
-        leadership.seen().renewed_at = Some(sent);
-        let term = Term {
-            identity: "a".into(),
-            number: 3,
-        };
-        leadership.role.send_replace(Role::Leader(term.clone()));
-        let permit = leadership.permit().unwrap();
-        assert_eq!(permit.deadline, Some(sent + Duration::from_secs(10)));
-        assert_eq!(permit.term, Some(term));
-        leadership.seen().renewed_at = Some(sent - Duration::from_secs(10));
-        assert!(
-            leadership.permit().is_none(),
-            "past the renew deadline there is no leave, whatever the role says"
-        );
     }
 
     fn lease(seconds: Option<i32>, transitions: i32, version: &str) -> Lease {
@@ -960,15 +812,5 @@ mod tests {
         assert!(!holds(&other, &term), "another holder");
         other.spec.as_mut().unwrap().holder_identity = None;
         assert!(!holds(&other, &term), "released");
-    }
-
-    #[test]
-    fn a_standby_is_fresh_only_within_the_lease_duration() {
-        let leadership = Leadership::elected(Duration::from_secs(15));
-        let now = Instant::now();
-        assert!(!leadership.standby(now).0, "never read the Lease");
-        leadership.seen().contact_at = Some(now);
-        assert!(leadership.standby(now + Duration::from_secs(14)).0);
-        assert!(!leadership.standby(now + Duration::from_secs(15)).0);
     }
 }
