@@ -56,6 +56,44 @@ fn readiness_fails_from_the_moment_shutdown_begins() {
 }
 
 #[test]
+fn a_second_stop_signal_abandons_the_drain_and_exits_one() {
+    let fixture = Fixture::new("shutdown-abort", 900);
+    let api = FakeApi::start(ApiMode::Ok);
+    let kubeconfig = fixture.dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let mut daemon = spawn_with_env(
+        &fixture,
+        &["--secret-name", "token", "--secret-namespace", "team"],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    wait_for(Duration::from_secs(20), "ready", || {
+        daemon.get("/readyz").0 == 200
+    });
+    // A hanging apply holds the drain in its writer phase.
+    api.set_mode(ApiMode::Hang);
+    let applies = api.requests();
+    daemon.signal("HUP");
+    wait_for(Duration::from_secs(20), "the hanging apply", || {
+        api.requests() > applies
+    });
+    daemon.signal("TERM");
+    wait_for(Duration::from_secs(10), "the stopping log line", || {
+        daemon.logs_contain("\"stopping\"")
+    });
+    daemon.signal("TERM");
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits at the second signal");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(daemon.logs_contain("second stop signal; exiting now"));
+    assert!(daemon.logs_contain("exiting before the drain finished"));
+    assert!(
+        !daemon.logs_contain("\"stopped\""),
+        "the drain did not run to its end"
+    );
+}
+
+#[test]
 fn retry_after_zero_or_in_the_past_never_becomes_a_hot_loop() {
     let zero = Fixture::new("retry-after-zero", 900);
     let past = Fixture::new("retry-after-past", 900);
