@@ -177,7 +177,10 @@ fn every_listener_bound_is_in_the_readme_with_its_value() {
         let text =
             std::fs::read_to_string(format!("{}/{source}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         for line in text.lines() {
-            let Some(rest) = line.strip_prefix("pub const ") else {
+            let Some(rest) = line
+                .strip_prefix("pub const ")
+                .or_else(|| line.strip_prefix("pub(crate) const "))
+            else {
                 continue;
             };
             let (name, rest) = rest.split_once(':').unwrap();
