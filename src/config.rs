@@ -171,21 +171,21 @@ impl Config {
         args: Args,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let timing = args.timing.timing()?;
-        args.log.check()?;
-        let credentials = args.credentials.sources(&env)?;
+        let timing = args.timing.settings()?;
+        args.log.settings()?;
+        let credentials = args.credentials.settings(&env)?;
         // The Kubernetes API calls share the token request's time limit.
-        let secret = args.secret.output(args.http.request_timeout)?;
+        let secret = args.secret.settings(args.http.request_timeout)?;
         let http = args.http.settings(&env)?;
-        let file = args.file.output();
+        let file = args.file.settings();
         if file.is_none() && secret.is_none() {
             return Err(ConfigError::NoOutput);
         }
-        let reach = args.reach.validate(&http.token_url)?;
+        let reach = args.reach.settings(&http.token_url)?;
         if args.once.once && !reach.is_empty() {
             return Err(ConfigError::OnceWithReach);
         }
-        let election = args.lease.election()?;
+        let election = args.lease.settings()?;
         if election.is_some()
             && (secret.is_none() || file.is_some() || args.once.once || !reach.is_empty())
         {
@@ -205,7 +205,7 @@ impl Config {
             events,
             timing,
             listen: args.admin.listen,
-            once: args.once.deadline(),
+            once: args.once.settings(),
             reach,
             log: args.log,
             rust_log: env("RUST_LOG"),

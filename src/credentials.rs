@@ -54,7 +54,7 @@ pub struct CredentialTwice {
 
 impl CredentialArgs {
     /// Settles each credential's source; `env` looks up the value variables.
-    pub(crate) fn sources(
+    pub(crate) fn settings(
         self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<CredentialSources, CredentialTwice> {
@@ -461,13 +461,13 @@ mod tests {
         };
         let env = |name: &str| (name == CLIENT_SECRET_ENV).then(|| "s3cr3t".to_owned());
         let err = parse(&["--client-secret-file", "/x"])
-            .sources(env)
+            .settings(env)
             .unwrap_err();
         assert_eq!(
             err.to_string(),
             "client_secret is given twice, as FISKIL_CLIENT_SECRET and as --client-secret-file; use one of them"
         );
-        let sources = parse(&[]).sources(env).unwrap();
+        let sources = parse(&[]).settings(env).unwrap();
         assert!(matches!(sources.client_secret, Source::Value { .. }));
         assert!(
             matches!(sources.client_id, Source::File { ref path, .. } if path == Path::new(DEFAULT_CLIENT_ID_FILE))

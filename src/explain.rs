@@ -64,7 +64,7 @@ pub enum ExplainFormat {
 impl ExplainArgs {
     /// Checks the timing flags (as the daemon does) and works out the report.
     pub fn report(&self) -> Result<Report, TimingError> {
-        let timing = self.timing.timing()?;
+        let timing = self.timing.settings()?;
         let consumers = self.secret_consumers.then_some(self.propagation_delay);
         Ok(Report::new(
             &timing,
@@ -558,7 +558,11 @@ mod tests {
             timing: TimingArgs,
         }
         let argv = std::iter::once("test").chain(argv.iter().copied());
-        Cli::try_parse_from(argv).unwrap().timing.timing().unwrap()
+        Cli::try_parse_from(argv)
+            .unwrap()
+            .timing
+            .settings()
+            .unwrap()
     }
 
     const SETTINGS: [&[&str]; 6] = [

@@ -32,7 +32,7 @@ pub(crate) struct OnceArgs {
 
 impl OnceArgs {
     /// The time allowed for `--once`, or `None` to run as a daemon.
-    pub(crate) fn deadline(&self) -> Option<Duration> {
+    pub(crate) fn settings(&self) -> Option<Duration> {
         self.once.then_some(self.once_timeout)
     }
 }

@@ -66,7 +66,7 @@ pub enum TimingError {
 
 impl TimingArgs {
     /// Checks that the options fit together.
-    pub fn timing(&self) -> Result<Timing, TimingError> {
+    pub fn settings(&self) -> Result<Timing, TimingError> {
         let ratio = self.refresh_ratio;
         if !(ratio > 0.0 && ratio < 1.0) {
             return Err(TimingError::Ratio(ratio));
@@ -435,7 +435,7 @@ mod tests {
         }
         let check = |argv: &[&str]| {
             let argv = std::iter::once("test").chain(argv.iter().copied());
-            Cli::try_parse_from(argv).unwrap().timing.timing()
+            Cli::try_parse_from(argv).unwrap().timing.settings()
         };
         let defaults = check(&[]).unwrap();
         assert_eq!((defaults.ratio, defaults.jitter), (0.8, 0.05));

@@ -40,7 +40,7 @@ pub struct LogLevelError(String);
 
 impl LogArgs {
     /// Checks the level.
-    pub(crate) fn check(&self) -> Result<(), LogLevelError> {
+    pub(crate) fn settings(&self) -> Result<(), LogLevelError> {
         match self.log_level.parse::<tracing::Level>() {
             Ok(_) => Ok(()),
             Err(_) => Err(LogLevelError(self.log_level.clone())),

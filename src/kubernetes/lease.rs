@@ -80,7 +80,7 @@ pub(crate) struct Election {
 impl LeaseArgs {
     /// The election, with `--leader-elect`; renew deadline and retry period keep client-go's
     /// proportions (15 s, 10 s, 2 s).
-    pub(crate) fn election(self) -> Result<Option<Election>, LeaseArgsError> {
+    pub(crate) fn settings(self) -> Result<Option<Election>, LeaseArgsError> {
         if !self.leader_elect {
             return Ok(None);
         }
@@ -688,7 +688,7 @@ mod tests {
             lease: LeaseArgs,
         }
         let argv = std::iter::once("test").chain(argv.iter().copied());
-        Cli::try_parse_from(argv).unwrap().lease.election()
+        Cli::try_parse_from(argv).unwrap().lease.settings()
     }
 
     #[test]

@@ -63,11 +63,11 @@ pub enum ReachConfigError {
 
 impl ReachArgs {
     /// Validates every group; `token_url` gives the proxy its default upstream.
-    pub(crate) fn validate(self, token_url: &Url) -> Result<Reach, ReachConfigError> {
+    pub(crate) fn settings(self, token_url: &Url) -> Result<Reach, ReachConfigError> {
         Ok(Reach {
-            notify: self.notify.validate()?,
-            token_listen: self.token_endpoint.validate()?,
-            proxy: self.proxy.validate(token_url)?,
+            notify: self.notify.settings()?,
+            token_listen: self.token_endpoint.settings()?,
+            proxy: self.proxy.settings(token_url)?,
         })
     }
 }

@@ -124,7 +124,7 @@ pub enum NotifyConfigError {
 
 impl NotifyArgs {
     /// The notification targets, if any are configured.
-    pub(crate) fn validate(self) -> Result<Option<NotifyConfig>, NotifyConfigError> {
+    pub(crate) fn settings(self) -> Result<Option<NotifyConfig>, NotifyConfigError> {
         let urls = self
             .notify_url
             .iter()
@@ -508,7 +508,7 @@ mod tests {
 
     #[test]
     fn urls_are_https_or_loopback_http() {
-        assert!(args(&[], None, None).validate().unwrap().is_none());
+        assert!(args(&[], None, None).settings().unwrap().is_none());
         let config = args(
             &[
                 "http://127.0.0.1:8080/reload",
@@ -517,21 +517,21 @@ mod tests {
             None,
             None,
         )
-        .validate()
+        .settings()
         .unwrap()
         .unwrap();
         assert_eq!(config.urls.len(), 2);
-        assert!(args(&["http://localhost/x"], None, None).validate().is_ok());
+        assert!(args(&["http://localhost/x"], None, None).settings().is_ok());
         assert!(matches!(
-            args(&["http://10.0.0.1/x"], None, None).validate(),
+            args(&["http://10.0.0.1/x"], None, None).settings(),
             Err(NotifyConfigError::PlainHttp(_))
         ));
         assert!(matches!(
-            args(&["ftp://127.0.0.1/x"], None, None).validate(),
+            args(&["ftp://127.0.0.1/x"], None, None).settings(),
             Err(NotifyConfigError::BadScheme(_))
         ));
         assert!(matches!(
-            args(&["not a url"], None, None).validate(),
+            args(&["not a url"], None, None).settings(),
             Err(NotifyConfigError::BadUrl(..))
         ));
     }
@@ -539,21 +539,21 @@ mod tests {
     #[test]
     fn a_signal_needs_a_pid_file_and_a_known_name() {
         let config = args(&[], Some("sighup"), Some("/run/nginx.pid"))
-            .validate()
+            .settings()
             .unwrap()
             .unwrap();
         assert_eq!(config.signal.unwrap().0.to_string(), "SIGHUP");
         assert_eq!(SignalName::parse("USR1").unwrap().to_string(), "SIGUSR1");
         assert!(matches!(
-            args(&[], Some("HUP"), None).validate(),
+            args(&[], Some("HUP"), None).settings(),
             Err(NotifyConfigError::SignalWithoutPidFile)
         ));
         assert!(matches!(
-            args(&[], None, Some("/x")).validate(),
+            args(&[], None, Some("/x")).settings(),
             Err(NotifyConfigError::PidFileWithoutSignal)
         ));
         assert!(matches!(
-            args(&[], Some("KILL"), Some("/x")).validate(),
+            args(&[], Some("KILL"), Some("/x")).settings(),
             Err(NotifyConfigError::BadSignal(_))
         ));
     }

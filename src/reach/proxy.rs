@@ -92,7 +92,7 @@ pub enum ProxyConfigError {
 impl ProxyArgs {
     /// The proxy's settings if `--proxy-listen` is given; the upstream defaults to the origin
     /// of `token_url`.
-    pub(crate) fn validate(self, token_url: &Url) -> Result<Option<ProxyConfig>, ReachConfigError> {
+    pub(crate) fn settings(self, token_url: &Url) -> Result<Option<ProxyConfig>, ReachConfigError> {
         let Some(listen) = self.proxy_listen else {
             return match self.proxy_upstream {
                 Some(_) => Err(ProxyConfigError::UpstreamWithoutListen.into()),
@@ -685,18 +685,18 @@ mod tests {
     #[test]
     fn the_upstream_defaults_to_the_token_urls_origin() {
         let config = args(Some("127.0.0.1:8080"), None)
-            .validate(&token_url())
+            .settings(&token_url())
             .unwrap()
             .unwrap();
         assert_eq!(config.upstream.as_str(), "https://api.fiskil.com/");
-        assert!(args(None, None).validate(&token_url()).unwrap().is_none());
+        assert!(args(None, None).settings(&token_url()).unwrap().is_none());
     }
 
     #[test]
     fn the_proxy_listens_on_loopback_and_sends_over_tls_or_to_loopback() {
         let bad = |listen: &str, upstream: Option<&str>| {
             args(Some(listen), upstream)
-                .validate(&token_url())
+                .settings(&token_url())
                 .unwrap_err()
                 .to_string()
         };
@@ -705,10 +705,10 @@ mod tests {
         assert!(bad("127.0.0.1:1", Some("https://api.fiskil.com/v1")).contains("has a path"));
         assert!(bad("127.0.0.1:1", Some("ftp://x")).contains("unsupported scheme"));
         assert!(args(Some("[::1]:1"), Some("http://127.0.0.1:8443"))
-            .validate(&token_url())
+            .settings(&token_url())
             .is_ok());
         assert!(args(None, Some("https://x"))
-            .validate(&token_url())
+            .settings(&token_url())
             .unwrap_err()
             .to_string()
             .contains("--proxy-listen is not"));

@@ -24,7 +24,7 @@ pub(crate) struct TokenEndpointArgs {
 
 impl TokenEndpointArgs {
     /// The address to listen on, if any; only loopback addresses are accepted.
-    pub(crate) fn validate(self) -> Result<Option<SocketAddr>, ReachConfigError> {
+    pub(crate) fn settings(self) -> Result<Option<SocketAddr>, ReachConfigError> {
         self.token_listen
             .map(|addr| check_loopback("--token-listen", addr))
             .transpose()

@@ -31,7 +31,7 @@ pub(crate) struct FileArgs {
 
 impl FileArgs {
     /// The file output, if `--token-file` is given.
-    pub(crate) fn output(self) -> Option<FileOutput> {
+    pub(crate) fn settings(self) -> Option<FileOutput> {
         let (format, mode) = (self.token_format, self.file_mode);
         self.token_file
             .map(|path| FileOutput { path, format, mode })

@@ -94,7 +94,10 @@ pub(crate) struct SecretOutput {
 impl SecretArgs {
     /// The Secret outputs, if `--secret-name` or `--secret` is given; `timeout` bounds each API
     /// call.
-    pub(crate) fn output(self, timeout: Duration) -> Result<Option<SecretOutput>, SecretArgsError> {
+    pub(crate) fn settings(
+        self,
+        timeout: Duration,
+    ) -> Result<Option<SecretOutput>, SecretArgsError> {
         let mut targets = Vec::new();
         if let Some(name) = self.secret_name {
             if !dns_name(&name, true, 253) {
@@ -307,7 +310,7 @@ mod tests {
             Cli::try_parse_from(argv)
                 .unwrap()
                 .secret
-                .output(Duration::from_secs(30))
+                .settings(Duration::from_secs(30))
         };
         assert!(parse(&[]).unwrap().is_none());
         let secret = parse(&["--secret-name", "fiskil-token"]).unwrap().unwrap();
