@@ -14,9 +14,10 @@ fn spawn_with_env(fixture: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> Da
     Daemon::spawn(&fixture.args_with(extra), env)
 }
 
-#[test]
-fn readiness_fails_from_the_moment_shutdown_begins() {
-    let fixture = Fixture::new("shutdown-ready", 900);
+/// A daemon with a Secret output whose next apply never returns, so the drain after SIGTERM
+/// waits in its writer phase; the API server and the fixture stay alive with it.
+fn daemon_with_a_hanging_apply(name: &str) -> (Fixture, FakeApi, Daemon) {
+    let fixture = Fixture::new(name, 900);
     let api = FakeApi::start(ApiMode::Ok);
     let kubeconfig = fixture.dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig);
@@ -28,13 +29,18 @@ fn readiness_fails_from_the_moment_shutdown_begins() {
     wait_for(Duration::from_secs(20), "ready", || {
         daemon.get("/readyz").0 == 200
     });
-    // The next apply never returns, so the drain after SIGTERM takes a while.
     api.set_mode(ApiMode::Hang);
     let applies = api.requests();
     daemon.signal("HUP");
     wait_for(Duration::from_secs(20), "the hanging apply", || {
         api.requests() > applies
     });
+    (fixture, api, daemon)
+}
+
+#[test]
+fn readiness_fails_from_the_moment_shutdown_begins() {
+    let (fixture, _api, mut daemon) = daemon_with_a_hanging_apply("shutdown-ready");
     assert_eq!(
         daemon.get("/readyz").0,
         200,
@@ -57,25 +63,7 @@ fn readiness_fails_from_the_moment_shutdown_begins() {
 
 #[test]
 fn a_second_stop_signal_abandons_the_drain_and_exits_one() {
-    let fixture = Fixture::new("shutdown-abort", 900);
-    let api = FakeApi::start(ApiMode::Ok);
-    let kubeconfig = fixture.dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
-    let mut daemon = spawn_with_env(
-        &fixture,
-        &["--secret-name", "token", "--secret-namespace", "team"],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
-    wait_for(Duration::from_secs(20), "ready", || {
-        daemon.get("/readyz").0 == 200
-    });
-    // A hanging apply holds the drain in its writer phase.
-    api.set_mode(ApiMode::Hang);
-    let applies = api.requests();
-    daemon.signal("HUP");
-    wait_for(Duration::from_secs(20), "the hanging apply", || {
-        api.requests() > applies
-    });
+    let (_fixture, _api, mut daemon) = daemon_with_a_hanging_apply("shutdown-abort");
     daemon.signal("TERM");
     wait_for(Duration::from_secs(10), "the stopping log line", || {
         daemon.logs_contain("\"stopping\"")
