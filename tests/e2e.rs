@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fiskil_stand_in::{Behaviour, StandIn};
 use serde_json::Value;
-use support::node::{
+use support::pods::{
     container_status, eventually, running, seconds_between, time_of, Namespace, Node, BUSYBOX,
     IMAGE_REPOSITORY, IMAGE_TAG,
 };

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fiskil_stand_in::Behaviour;
 use rand::seq::IndexedRandom;
 use rand::Rng;
-use support::cluster::{spawn_with_identity, Cluster};
+use support::control_plane::{spawn_with_identity, Cluster};
 use support::{wait_for, Daemon, Fixture};
 
 const LIFETIME_S: i64 = 2;

@@ -3,10 +3,10 @@
 
 #![allow(dead_code)]
 
-pub mod cluster;
+pub mod control_plane;
 pub mod fake_api;
-pub mod fleet;
-pub mod node;
+pub mod leader_election;
+pub mod pods;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

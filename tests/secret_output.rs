@@ -1,6 +1,6 @@
 //! The Secret output against a real kube-apiserver and etcd with RBAC on: the daemon runs as a
 //! ServiceAccount holding only the documented Role. Start the control plane first:
-//! `tests/cluster/up.sh DIR`, then `FISKIL_CLUSTER_DIR=DIR cargo test --test cluster -- --ignored`.
+//! `tests/cluster/up.sh DIR`, then `FISKIL_CLUSTER_DIR=DIR cargo test --test secret_output -- --ignored`.
 
 mod support;
 
@@ -13,7 +13,7 @@ use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
-use support::cluster::{eventually, spawn_with_identity, Cluster, SECRET};
+use support::control_plane::{eventually, spawn_with_identity, Cluster, SECRET};
 use support::{wait_for, Fixture};
 
 /// Tests share one control plane; the one that restarts the API server runs alone.

@@ -16,7 +16,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::Value;
 
-use super::cluster::{Cluster, SECRET};
+use super::control_plane::{Cluster, SECRET};
 use super::{Daemon, Fixture};
 
 /// The annotation naming the process that wrote a Secret version.

@@ -6,7 +6,7 @@
 //! Secret; get, update and watch on the named Lease and create on Leases; create and patch on
 //! Events. What the tests assert about order comes from watch streams, which the API server
 //! orders by resourceVersion. Start the control plane first: `tests/cluster/up.sh DIR`, then
-//! `FISKIL_CLUSTER_DIR=DIR cargo test --test fleet -- --ignored --nocapture`.
+//! `FISKIL_CLUSTER_DIR=DIR cargo test --test leader_election -- --ignored --nocapture`.
 //!
 //! `FISKIL_FLEET_KILLS` (default 20) leaders are killed in the handover test, with a Lease of
 //! `FISKIL_FLEET_LEASE_SECONDS` (default 4); `FISKIL_FLEET_STEADY_SECONDS` (default 60) is the
@@ -25,8 +25,8 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{ListParams, PostParams};
 use kube::Api;
-use support::cluster::{eventually, Cluster, SECRET};
-use support::fleet::{
+use support::control_plane::{eventually, Cluster, SECRET};
+use support::leader_election::{
     check_secret_versions, lease_terms, lease_terms_with_edits, Fleet, Observed, Sampler, Watch,
     Writer,
 };
@@ -476,7 +476,7 @@ async fn events_mark_each_state_change_and_a_long_outage_makes_no_storm() {
                     ..ObjectMeta::default()
                 },
                 spec: Some(PodSpec {
-                    service_account_name: Some(support::fleet::WRITER_ACCOUNT.into()),
+                    service_account_name: Some(support::leader_election::WRITER_ACCOUNT.into()),
                     containers: vec![Container {
                         name: "refresher".into(),
                         image: Some("fiskil-token-refresher:never-pulled".into()),
@@ -1014,15 +1014,15 @@ fn secret_version(rv: u64, token: &str, expires_in: i64, writer: &str, term: u64
         wall - Duration::from_secs(expires_in.unsigned_abs())
     })
     .to_string();
-    let b64 = support::fleet::base64_encode;
+    let b64 = support::leader_election::base64_encode;
     Observed {
         at: Instant::now(),
         wall,
         kind: "MODIFIED".into(),
         object: serde_json::json!({
             "metadata": {"resourceVersion": rv.to_string(), "annotations": {
-                support::fleet::WRITER_ANNOTATION: writer,
-                support::fleet::TERM_ANNOTATION: term.to_string(),
+                support::leader_election::WRITER_ANNOTATION: writer,
+                support::leader_election::TERM_ANNOTATION: term.to_string(),
             }},
             "data": {"token": b64(token), "expires_at": b64(&expires)},
         }),
