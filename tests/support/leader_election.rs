@@ -18,7 +18,7 @@ use kube::{Api, Client};
 use serde_json::Value;
 
 use super::control_plane::{Cluster, SECRET};
-use super::{Daemon, Fixture};
+use super::{eventually, Daemon, Fixture};
 
 /// The annotation naming the process that wrote a Secret version.
 pub const WRITER_ANNOTATION: &str = "fiskil-token-refresher/writer";
@@ -478,17 +478,9 @@ impl Watch {
         what: &str,
         check: impl Fn(&Observed) -> bool,
     ) -> Observed {
-        let start = Instant::now();
-        loop {
-            if let Some(found) = self.events().into_iter().skip(after).find(|e| check(e)) {
-                return found;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "timed out after {timeout:?} waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually(what, timeout, || {
+            self.events().into_iter().skip(after).find(|e| check(e))
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -10,10 +10,15 @@ use std::time::{Duration, Instant, SystemTime};
 use fiskil_stand_in::StandIn;
 use serde_json::Value;
 
+use super::eventually_every;
+
 /// The image `up.sh` imports from the static binary, and the one for applications.
 pub const IMAGE_REPOSITORY: &str = "fiskil-token-refresher";
 pub const IMAGE_TAG: &str = "e2e";
 pub const BUSYBOX: &str = "busybox:e2e";
+
+/// How often waits on the node probe: most probes run kubectl.
+pub const NODE_PROBE_EVERY: Duration = Duration::from_millis(200);
 
 /// The running cluster and its node.
 pub struct Node {
@@ -176,9 +181,10 @@ impl Node {
                 "pod-security.kubernetes.io/warn=restricted",
             ]);
         }
-        eventually(
-            Duration::from_secs(60),
+        eventually_every(
             "the default ServiceAccount",
+            Duration::from_secs(60),
+            NODE_PROBE_EVERY,
             || {
                 self.try_kubectl(&["-n", &name, "get", "serviceaccount", "default"])
                     .is_ok()
@@ -335,18 +341,6 @@ pub fn time_of(status: &Value, path: &[&str]) -> Option<SystemTime> {
 /// Whether container `name` in `pod` runs.
 pub fn running(pod: &Value, name: &str) -> bool {
     container_status(pod, name).is_some_and(|s| !s["state"]["running"].is_null())
-}
-
-/// Polls `check` every 200 ms until it holds; panics after `timeout`.
-pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Seconds from `earlier` to `later`, negative when `later` is before it.
