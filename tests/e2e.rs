@@ -75,6 +75,33 @@ fn app_token(ns: &Namespace, pod: &str) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
+/// The app in `pod` reads a token the stand-in issued, then two more as they are refreshed.
+fn assert_app_reads_refreshed_tokens(ns: &Namespace, pod: &str, stand_in: &StandIn) {
+    let first = app_token(ns, pod).expect("the app reads the token");
+    assert!(
+        stand_in.issued().contains(&first),
+        "the app read a token the stand-in never issued"
+    );
+    let mut seen = vec![first];
+    eventually_every(
+        "two refreshed tokens in the app",
+        Duration::from_secs(60),
+        NODE_PROBE_EVERY,
+        || {
+            if let Some(token) = app_token(ns, pod) {
+                if !seen.contains(&token) {
+                    assert!(
+                        stand_in.issued().contains(&token),
+                        "the app read a token the stand-in never issued"
+                    );
+                    seen.push(token);
+                }
+            }
+            seen.len() >= 3
+        },
+    );
+}
+
 /// Fails if the refresher's log shows a token or the client secret.
 fn assert_log_clean(ns: &Namespace, pod: &str, stand_in: &StandIn, client_secret: &str) {
     let log = ns.kubectl(&["logs", pod, "-c", "token-refresher"]);
@@ -173,31 +200,8 @@ fn the_sidecar_starts_first_and_the_app_reads_each_token_through_fs_group() {
         write.contains("Read-only file system"),
         "the app's root filesystem is read-only: {write}"
     );
-    let first = app_token(&ns, &pod_name).expect("the app reads the token");
-    assert!(
-        stand_in.issued().contains(&first),
-        "the app read a token the stand-in never issued"
-    );
-
-    // Each refresh reaches the app: two more tokens (6 s tokens, refreshed after ~5 s).
-    let mut seen = vec![first];
-    eventually_every(
-        "two refreshed tokens in the app",
-        Duration::from_secs(60),
-        NODE_PROBE_EVERY,
-        || {
-            if let Some(token) = app_token(&ns, &pod_name) {
-                if !seen.contains(&token) {
-                    assert!(
-                        stand_in.issued().contains(&token),
-                        "the app read a token the stand-in never issued"
-                    );
-                    seen.push(token);
-                }
-            }
-            seen.len() >= 3
-        },
-    );
+    // The app reads the token, then each refresh (6 s tokens, refreshed after ~5 s).
+    assert_app_reads_refreshed_tokens(&ns, &pod_name, &stand_in);
     assert_log_clean(&ns, &pod_name, &stand_in, "e2e-secret");
     println!(
         "measured: sidecar's first log line -> first token request {:.2} s -> app's first log \
@@ -910,29 +914,7 @@ fn a_label_adds_the_sidecar_the_app_reads_refreshed_tokens_and_nothing_else_chan
     });
     let pod_name = name(&pod);
     assert_injected_once(&pod);
-    let first = app_token(&ns, &pod_name).expect("the app reads the token");
-    assert!(
-        stand_in.issued().contains(&first),
-        "the app read a token the stand-in never issued"
-    );
-    let mut seen = vec![first];
-    eventually_every(
-        "two refreshed tokens in the app",
-        Duration::from_secs(60),
-        NODE_PROBE_EVERY,
-        || {
-            if let Some(token) = app_token(&ns, &pod_name) {
-                if !seen.contains(&token) {
-                    assert!(
-                        stand_in.issued().contains(&token),
-                        "the app read a token the stand-in never issued"
-                    );
-                    seen.push(token);
-                }
-            }
-            seen.len() >= 3
-        },
-    );
+    assert_app_reads_refreshed_tokens(&ns, &pod_name, &stand_in);
     assert_log_clean(&ns, &pod_name, &stand_in, "e2e-secret");
 
     // No injector: no webhook configuration, and the release is the policies alone.

@@ -819,6 +819,17 @@ fn lost_reason(writer: &Writer) -> Option<String> {
         .map(|l| l["reason"].as_str().unwrap_or_default().to_owned())
 }
 
+/// Waits until `writer`, a former leader, reports that it stepped down; returns the reason.
+fn stepped_down(writer: &Writer) -> String {
+    let reason = eventually(
+        &format!("{} to step down", writer.identity),
+        Duration::from_secs(20),
+        || lost_reason(writer),
+    );
+    eprintln!("{} stepped down: {reason}", writer.identity);
+    reason
+}
+
 #[tokio::test]
 #[ignore = "needs a control plane: tests/cluster/up.sh"]
 async fn a_lease_deleted_mid_term_ends_that_term_and_comes_back_in_a_higher_one() {
@@ -866,14 +877,7 @@ async fn a_lease_deleted_mid_term_ends_that_term_and_comes_back_in_a_higher_one(
         back.at - gone.at
     );
     settle(&lease, &secrets, &mut writers);
-    eventually(
-        &format!("{holder} to step down"),
-        Duration::from_secs(20),
-        || lost_reason(&writers[at]).is_some(),
-    );
-    let reason = lost_reason(&writers[at]).unwrap();
-    eprintln!("{holder} stepped down: {reason}");
-    assert_eq!(reason, "the Lease was deleted");
+    assert_eq!(stepped_down(&writers[at]), "the Lease was deleted");
     check_history(&fixture, &fleet, &secrets, &lease, &[]);
     assert_clean(&fixture, &writers.iter().collect::<Vec<_>>());
 }
@@ -919,14 +923,10 @@ async fn a_holder_named_by_hand_takes_the_lease_only_as_a_new_term_and_the_old_l
         next.transitions()
     );
     settle(&lease, &secrets, &mut writers);
-    eventually(
-        &format!("{holder} to step down"),
-        Duration::from_secs(20),
-        || lost_reason(&writers[at]).is_some(),
+    assert_eq!(
+        stepped_down(&writers[at]),
+        "another replica holds the Lease"
     );
-    let reason = lost_reason(&writers[at]).unwrap();
-    eprintln!("{holder} stepped down: {reason}");
-    assert_eq!(reason, "another replica holds the Lease");
     let named_writer = writers.iter().find(|w| w.identity == named).unwrap();
     assert!(named_writer
         .daemon
