@@ -408,10 +408,10 @@ impl<T> Probe for Option<T> {
     }
 }
 
-impl<T, E: std::fmt::Debug> Probe for Result<T, E> {
+impl<T, E: std::fmt::Display> Probe for Result<T, E> {
     type Value = T;
     fn settled(self) -> Result<T, Option<String>> {
-        self.map_err(|seen| Some(format!("{seen:?}")))
+        self.map_err(|seen| Some(seen.to_string()))
     }
 }
 

@@ -288,8 +288,8 @@ impl Namespace<'_> {
         what: &str,
         ready: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let started = Instant::now();
+        eventually_every(what, timeout, Duration::from_millis(500), || {
             let pods = self.json(&["get", "pods", "-l", selector]);
             let items = pods["items"].as_array().cloned().unwrap_or_default();
             let live: Vec<_> = items
@@ -298,17 +298,19 @@ impl Namespace<'_> {
                 .collect();
             if let [pod] = live.as_slice() {
                 if ready(pod) {
-                    return pod.clone();
+                    return Ok(pod.clone());
                 }
             }
-            if Instant::now() > deadline {
+            // What the failure shows once the time is up: kubectl describe of the pods.
+            Err(if started.elapsed() >= timeout {
                 let describe = self
                     .try_kubectl(&["describe", "pods", "-l", selector])
                     .unwrap_or_else(|e| e);
-                panic!("timed out after {timeout:?} waiting for {what}\n{describe}");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+                format!("\n{describe}")
+            } else {
+                format!("{} live pods", live.len())
+            })
+        })
     }
 }
 
