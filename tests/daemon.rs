@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fiskil_stand_in::{Behaviour, ELSEWHERE_PATH};
-use support::{wait_for, Daemon, Fixture};
+use support::{eventually, Daemon, Fixture};
 
 const SUCCESS: &str = "fiskil_token_refresher_refresh_total{result=\"success\"}";
 const TRANSIENT: &str = "fiskil_token_refresher_refresh_total{result=\"transient\"}";
@@ -30,7 +30,7 @@ fn logged_ms(line: &serde_json::Value, field: &str) -> u128 {
 fn refreshes_inside_the_jitter_window_and_reports_it() {
     let fixture = Fixture::new("window", 6);
     let mut daemon = fixture.spawn(&[]);
-    wait_for(Duration::from_secs(30), "three token requests", || {
+    eventually("three token requests", Duration::from_secs(30), || {
         fixture.stand_in.seen().len() >= 3
     });
     // Each refresh is scheduled at 75-80% of the lifetime from its request; the logged times
@@ -61,9 +61,9 @@ fn refreshes_inside_the_jitter_window_and_reports_it() {
         );
     }
     fixture.assert_contract_kept();
-    wait_for(
-        Duration::from_secs(5),
+    eventually(
         "the newest token in the file",
+        Duration::from_secs(5),
         || fixture.read_token() == fixture.stand_in.issued().last().cloned(),
     );
 
@@ -116,7 +116,7 @@ fn refreshes_inside_the_jitter_window_and_reports_it() {
 fn a_concurrent_reader_never_sees_a_partial_or_missing_token() {
     let fixture = Fixture::new("reader", 900);
     let daemon = fixture.spawn(&["--min-refresh-interval", "10ms"]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
 
@@ -183,7 +183,7 @@ fn a_concurrent_reader_never_sees_a_partial_or_missing_token() {
 fn rotation_through_a_data_swap_is_used_within_two_seconds() {
     let mut fixture = Fixture::new("rotate", 900);
     let mut daemon = fixture.spawn(&[]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     let first = fixture.read_token();
@@ -191,15 +191,15 @@ fn rotation_through_a_data_swap_is_used_within_two_seconds() {
     let new_secret = format!("sekrit-rotated-{:08x}", std::process::id());
     fixture.rotate("client-rotated", &new_secret);
     let swapped = Instant::now();
-    wait_for(
-        Duration::from_secs(2),
+    eventually(
         "a token for the rotated credentials",
+        Duration::from_secs(2),
         || fixture.stand_in.issued().len() == 2,
     );
     let latency = swapped.elapsed();
     let last = fixture.stand_in.seen().pop().unwrap();
     assert_eq!(last.client_id.as_deref(), Some("client-rotated"));
-    wait_for(Duration::from_secs(1), "the new token in the file", || {
+    eventually("the new token in the file", Duration::from_secs(1), || {
         fixture.read_token() != first
     });
     assert_eq!(
@@ -226,7 +226,7 @@ fn plain_rewrites_and_rename_over_are_picked_up() {
         args[at + 1] = dir.join(file).to_str().unwrap().to_owned();
     }
     let daemon = Daemon::spawn(&args, &[]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.stand_in.issued().len() == 1
     });
 
@@ -235,9 +235,9 @@ fn plain_rewrites_and_rename_over_are_picked_up() {
         .accept(&fixture.client_id, "sekrit-renamed");
     std::fs::write(dir.join(".next"), "sekrit-renamed\n").unwrap();
     std::fs::rename(dir.join(".next"), dir.join("client_secret")).unwrap();
-    wait_for(
-        Duration::from_secs(2),
+    eventually(
         "the renamed-over secret in use",
+        Duration::from_secs(2),
         || fixture.stand_in.issued().len() == 2,
     );
 
@@ -245,22 +245,22 @@ fn plain_rewrites_and_rename_over_are_picked_up() {
         .stand_in
         .accept(&fixture.client_id, "sekrit-rewritten");
     std::fs::write(dir.join("client_secret"), "sekrit-rewritten").unwrap();
-    wait_for(
-        Duration::from_secs(2),
+    eventually(
         "the rewritten secret in use",
+        Duration::from_secs(2),
         || fixture.stand_in.issued().len() == 3,
     );
 
     std::fs::remove_file(dir.join("client_secret")).unwrap();
-    wait_for(
-        Duration::from_secs(2),
+    eventually(
         "a warning about the missing file",
+        Duration::from_secs(2),
         || daemon.logs_contain("keeping the previous credentials"),
     );
     daemon.signal("HUP");
-    wait_for(
-        Duration::from_secs(2),
+    eventually(
         "a refresh with the kept credentials",
+        Duration::from_secs(2),
         || fixture.stand_in.issued().len() == 4,
     );
     let logs = daemon.logs().join("\n");
@@ -279,9 +279,9 @@ fn fail_once(fixture: &Fixture, daemon: &mut Daemon, behaviour: Behaviour, metri
     let before = daemon.metric(metric);
     fixture.stand_in.set_default(behaviour.clone());
     daemon.signal("HUP");
-    wait_for(
-        Duration::from_secs(5),
+    eventually(
         &format!("{behaviour:?} counted as {metric}"),
+        Duration::from_secs(5),
         || daemon.metric(metric) > before,
     );
     assert_eq!(
@@ -294,7 +294,7 @@ fn fail_once(fixture: &Fixture, daemon: &mut Daemon, behaviour: Behaviour, metri
         .stand_in
         .set_default(Behaviour::Issue { expires_in: 900 });
     daemon.signal("HUP");
-    wait_for(Duration::from_secs(5), "recovery after the failure", || {
+    eventually("recovery after the failure", Duration::from_secs(5), || {
         fixture.stand_in.issued().len() > issued
             && fixture.read_token() == fixture.stand_in.issued().last().cloned()
     });
@@ -304,7 +304,7 @@ fn fail_once(fixture: &Fixture, daemon: &mut Daemon, behaviour: Behaviour, metri
 fn unusable_answers_are_invalid_responses_and_never_written() {
     let fixture = Fixture::new("invalid", 900);
     let mut daemon = fixture.spawn(&["--backoff-initial", "100ms", "--backoff-max", "2s"]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     for body in [
@@ -376,7 +376,7 @@ fn transient_failures_back_off_and_keep_the_last_good_token() {
         "--request-timeout",
         "1s",
     ]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     fail_once(
@@ -401,7 +401,7 @@ fn transient_failures_back_off_and_keep_the_last_good_token() {
         value: "2".to_owned(),
     });
     daemon.signal("HUP");
-    wait_for(Duration::from_secs(8), "two throttled requests", || {
+    eventually("two throttled requests", Duration::from_secs(8), || {
         fixture.stand_in.seen().len() >= before + 2
     });
     // The lower bound is the promise; the upper one only catches a retry that waited for
@@ -421,14 +421,14 @@ fn transient_failures_back_off_and_keep_the_last_good_token() {
 fn rejected_credentials_retry_slowly_and_at_once_on_rotation() {
     let mut fixture = Fixture::new("rejected", 900);
     let mut daemon = fixture.spawn(&["--backoff-initial", "100ms", "--backoff-max", "2s"]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     let good = fixture.read_token();
     fixture.stand_in.accept("someone-else", "not-ours");
     let before = fixture.stand_in.seen().len();
     daemon.signal("HUP");
-    wait_for(Duration::from_secs(6), "two rejected requests", || {
+    eventually("two rejected requests", Duration::from_secs(6), || {
         fixture.stand_in.seen().len() >= before + 2
     });
     let gap = gap_after(&fixture, before);
@@ -437,7 +437,7 @@ fn rejected_credentials_retry_slowly_and_at_once_on_rotation() {
         "rejected credentials retried after {gap:.3} s, not --backoff-max"
     );
     // The stand-in sees a request before the daemon has counted its answer.
-    wait_for(Duration::from_secs(10), "two rejections counted", || {
+    eventually("two rejections counted", Duration::from_secs(10), || {
         daemon.metric(REJECTED) >= 2.0
     });
     assert_eq!(fixture.read_token(), good);
@@ -448,9 +448,9 @@ fn rejected_credentials_retry_slowly_and_at_once_on_rotation() {
     // is used at once, before that retry would come.
     fixture.rotate("client-fixed", "sekrit-fixed-credentials");
     let rejected_so_far = fixture.stand_in.seen().len();
-    wait_for(
-        Duration::from_secs(10),
+    eventually(
         "a token after the rotation",
+        Duration::from_secs(10),
         || fixture.stand_in.issued().len() == 2,
     );
     let seen = fixture.stand_in.seen();
@@ -471,14 +471,14 @@ fn rejected_credentials_retry_slowly_and_at_once_on_rotation() {
 fn readiness_turns_false_after_expiry_and_the_file_stays() {
     let fixture = Fixture::new("expiry", 2);
     let mut daemon = fixture.spawn(&["--backoff-initial", "100ms", "--backoff-max", "500ms"]);
-    wait_for(Duration::from_secs(10), "ready", || {
+    eventually("ready", Duration::from_secs(10), || {
         daemon.get("/readyz").0 == 200
     });
     fixture
         .stand_in
         .set_default(Behaviour::Fail { status: 500 });
     let failing = Instant::now();
-    wait_for(Duration::from_secs(4), "not ready after expiry", || {
+    eventually("not ready after expiry", Duration::from_secs(4), || {
         daemon.get("/readyz").0 == 503
     });
     assert!(
@@ -501,7 +501,7 @@ fn readiness_turns_false_after_expiry_and_the_file_stays() {
     fixture
         .stand_in
         .set_default(Behaviour::Issue { expires_in: 2 });
-    wait_for(Duration::from_secs(3), "ready again", || {
+    eventually("ready again", Duration::from_secs(3), || {
         daemon.get("/readyz").0 == 200
     });
     fixture.assert_logs_clean(&daemon);
@@ -524,12 +524,12 @@ fn not_ready_before_the_first_token() {
 fn sigterm_exits_zero_promptly_without_temp_files() {
     let fixture = Fixture::new("sigterm", 900);
     let mut daemon = fixture.spawn(&[]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     fixture.stand_in.set_default(Behaviour::Hang);
     daemon.signal("HUP");
-    wait_for(Duration::from_secs(5), "a hanging request", || {
+    eventually("a hanging request", Duration::from_secs(5), || {
         fixture.stand_in.seen().len() == 2
     });
     let asked = Instant::now();
@@ -752,7 +752,7 @@ fn an_idle_daemon_watching_credential_files_stays_idle() {
         "--client-secret-file",
         secret_file.to_str().unwrap(),
     ]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     std::thread::sleep(Duration::from_millis(2500));

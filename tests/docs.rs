@@ -6,7 +6,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{wait_for, Fixture};
+use support::{eventually, Fixture};
 
 fn help() -> String {
     help_of(&[])
@@ -107,7 +107,7 @@ fn check_rows(options: Vec<(String, String, Option<String>)>, readme: &str) {
 fn every_metric_is_in_the_readme() {
     let fixture = Fixture::new("docs-metrics", 900);
     let mut daemon = fixture.spawn(&[]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     let (_, text) = daemon.get("/metrics");

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fiskil_stand_in::{Behaviour, StandIn};
 use serde_json::Value;
-use support::node::{
-    container_status, eventually, running, seconds_between, time_of, Namespace, Node, BUSYBOX,
-    IMAGE_REPOSITORY, IMAGE_TAG,
+use support::eventually_every;
+use support::pods::{
+    container_status, running, seconds_between, time_of, Namespace, Node, BUSYBOX,
+    IMAGE_REPOSITORY, IMAGE_TAG, NODE_PROBE_EVERY,
 };
 
 const TOKEN_FILE: &str = "/var/run/fiskil/token";
@@ -74,6 +75,33 @@ fn app_token(ns: &Namespace, pod: &str) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
+/// The app in `pod` reads a token the stand-in issued, then two more as they are refreshed.
+fn assert_app_reads_refreshed_tokens(ns: &Namespace, pod: &str, stand_in: &StandIn) {
+    let first = app_token(ns, pod).expect("the app reads the token");
+    assert!(
+        stand_in.issued().contains(&first),
+        "the app read a token the stand-in never issued"
+    );
+    let mut seen = vec![first];
+    eventually_every(
+        "two refreshed tokens in the app",
+        Duration::from_secs(60),
+        NODE_PROBE_EVERY,
+        || {
+            if let Some(token) = app_token(ns, pod) {
+                if !seen.contains(&token) {
+                    assert!(
+                        stand_in.issued().contains(&token),
+                        "the app read a token the stand-in never issued"
+                    );
+                    seen.push(token);
+                }
+            }
+            seen.len() >= 3
+        },
+    );
+}
+
 /// Fails if the refresher's log shows a token or the client secret.
 fn assert_log_clean(ns: &Namespace, pod: &str, stand_in: &StandIn, client_secret: &str) {
     let log = ns.kubectl(&["logs", pod, "-c", "token-refresher"]);
@@ -99,19 +127,16 @@ fn timestamped(log: &str) -> Vec<(SystemTime, String)> {
 
 /// The first log line of a container, with its time, once there is one.
 fn first_log_line(ns: &Namespace, pod: &str, container: &str) -> (SystemTime, String) {
-    let mut first = None;
-    eventually(
-        Duration::from_secs(30),
+    eventually_every(
         &format!("a log line from {container}"),
+        Duration::from_secs(30),
+        NODE_PROBE_EVERY,
         || {
-            first = ns
-                .try_kubectl(&["logs", pod, "-c", container, "--timestamps"])
+            ns.try_kubectl(&["logs", pod, "-c", container, "--timestamps"])
                 .ok()
-                .and_then(|log| timestamped(&log).into_iter().next());
-            first.is_some()
+                .and_then(|log| timestamped(&log).into_iter().next())
         },
-    );
-    first.expect("a log line")
+    )
 }
 
 #[test]
@@ -175,30 +200,8 @@ fn the_sidecar_starts_first_and_the_app_reads_each_token_through_fs_group() {
         write.contains("Read-only file system"),
         "the app's root filesystem is read-only: {write}"
     );
-    let first = app_token(&ns, &pod_name).expect("the app reads the token");
-    assert!(
-        stand_in.issued().contains(&first),
-        "the app read a token the stand-in never issued"
-    );
-
-    // Each refresh reaches the app: two more tokens (6 s tokens, refreshed after ~5 s).
-    let mut seen = vec![first];
-    eventually(
-        Duration::from_secs(60),
-        "two refreshed tokens in the app",
-        || {
-            if let Some(token) = app_token(&ns, &pod_name) {
-                if !seen.contains(&token) {
-                    assert!(
-                        stand_in.issued().contains(&token),
-                        "the app read a token the stand-in never issued"
-                    );
-                    seen.push(token);
-                }
-            }
-            seen.len() >= 3
-        },
-    );
+    // The app reads the token, then each refresh (6 s tokens, refreshed after ~5 s).
+    assert_app_reads_refreshed_tokens(&ns, &pod_name, &stand_in);
     assert_log_clean(&ns, &pod_name, &stand_in, "e2e-secret");
     println!(
         "measured: sidecar's first log line -> first token request {:.2} s -> app's first log \
@@ -226,9 +229,10 @@ fn credentials_rotated_in_the_secret_reach_the_sidecar_through_the_kubelet() {
     stand_in.accept("e2e-client-2", "e2e-secret-2");
     let updated = Instant::now();
     ns.credentials(CREDENTIALS, "e2e-client-2", "e2e-secret-2");
-    eventually(
-        Duration::from_secs(240),
+    eventually_every(
         "a token request with the rotated credentials",
+        Duration::from_secs(240),
+        NODE_PROBE_EVERY,
         || {
             stand_in
                 .seen()
@@ -248,9 +252,10 @@ fn credentials_rotated_in_the_secret_reach_the_sidecar_through_the_kubelet() {
         "after the update the refresher still sent the old client ID"
     );
     let delay = rotated.at.duration_since(updated);
-    eventually(
-        Duration::from_secs(30),
+    eventually_every(
         "the token from the new credentials in the app",
+        Duration::from_secs(30),
+        NODE_PROBE_EVERY,
         || {
             let issued = stand_in.issued();
             app_token(&ns, &pod_name).is_some_and(|t| issued[before..].contains(&t))
@@ -361,9 +366,12 @@ fn the_standalone_writer_keeps_the_secret_that_consumer_pods_mount() {
         ])
         .ok()
     };
-    eventually(Duration::from_secs(60), "the token Secret", || {
-        secret_token().is_some_and(|t| stand_in.issued().contains(&t))
-    });
+    eventually_every(
+        "the token Secret",
+        Duration::from_secs(60),
+        NODE_PROBE_EVERY,
+        || secret_token().is_some_and(|t| stand_in.issued().contains(&t)),
+    );
     // The pod took the Lease under its own name (POD_NAME from the downward API).
     let written_by = ns.kubectl(&[
         "get",
@@ -380,9 +388,10 @@ fn the_standalone_writer_keeps_the_secret_that_consumer_pods_mount() {
     });
     // The consumer sees the next token the writer puts in the Secret.
     let mut changes = Vec::new();
-    eventually(
-        Duration::from_secs(4 * EXPIRES_IN as u64),
+    eventually_every(
         "a refreshed token in the consumer pod",
+        Duration::from_secs(4 * EXPIRES_IN as u64),
+        NODE_PROBE_EVERY,
         || {
             changes = timestamped(
                 &ns.try_kubectl(&["logs", "consumer", "--timestamps"])
@@ -481,9 +490,10 @@ fn deleting_the_pod_stops_the_app_first_and_the_sidecar_last_with_exit_0() {
             )
         })
         .collect();
-    eventually(
-        Duration::from_secs(30),
+    eventually_every(
         "the watch and the log followers",
+        Duration::from_secs(30),
+        NODE_PROBE_EVERY,
         || {
             std::iter::once(&watch_out)
                 .chain(&log_files)
@@ -492,10 +502,15 @@ fn deleting_the_pod_stops_the_app_first_and_the_sidecar_last_with_exit_0() {
     );
     let started = Instant::now();
     ns.kubectl(&["delete", "pod", &pod_name, "--wait=false"]);
-    eventually(Duration::from_secs(120), "the pod to be gone", || {
-        ns.try_kubectl(&["get", "pod", &pod_name])
-            .is_err_and(|e| e.contains("NotFound"))
-    });
+    eventually_every(
+        "the pod to be gone",
+        Duration::from_secs(120),
+        NODE_PROBE_EVERY,
+        || {
+            ns.try_kubectl(&["get", "pod", &pod_name])
+                .is_err_and(|e| e.contains("NotFound"))
+        },
+    );
     let took = started.elapsed();
     for child in followers.iter_mut().chain(std::iter::once(&mut watch)) {
         let _ = child.kill();
@@ -549,9 +564,10 @@ fn deleting_the_pod_stops_the_app_first_and_the_sidecar_last_with_exit_0() {
         "the sidecar finished before the app"
     );
     // The in-memory token volume goes with the pod: nothing stays on the node.
-    eventually(
-        Duration::from_secs(60),
+    eventually_every(
         "the pod's directory removed",
+        Duration::from_secs(60),
+        NODE_PROBE_EVERY,
         || {
             !node.pod_dir(&uid).exists()
                 && !std::fs::read_to_string("/proc/self/mountinfo")
@@ -603,7 +619,7 @@ fn a_job_with_the_sidecar_completes() {
         .to_string(),
     );
     let started = Instant::now();
-    eventually(POD_START, "the Job to complete", || {
+    eventually_every("the Job to complete", POD_START, NODE_PROBE_EVERY, || {
         let job = ns.json(&["get", "job", "e2e-job"]);
         assert!(
             job["status"]["failed"].as_i64().unwrap_or(0) == 0,
@@ -639,9 +655,10 @@ fn rejected_credentials_hold_the_app_back_and_the_events_say_why() {
         |p| running(p, "token-refresher"),
     );
     let pod_name = name(&pod);
-    eventually(
-        Duration::from_secs(120),
+    eventually_every(
         "a startup probe failure event",
+        Duration::from_secs(120),
+        NODE_PROBE_EVERY,
         || {
             ns.try_kubectl(&[
                 "get",
@@ -731,13 +748,18 @@ fn install_injection<'a>(node: &'a Node, ns: &Namespace, stand_in: &StandIn) -> 
         "spec": app_pod_spec("sleep 1"),
     })
     .to_string();
-    eventually(Duration::from_secs(60), "the policy to inject", || {
-        node.kubectl_stdin(
-            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
-            &probe,
-        )
-        .contains("\"token-refresher\"")
-    });
+    eventually_every(
+        "the policy to inject",
+        Duration::from_secs(60),
+        NODE_PROBE_EVERY,
+        || {
+            node.kubectl_stdin(
+                &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+                &probe,
+            )
+            .contains("\"token-refresher\"")
+        },
+    );
     guard
 }
 
@@ -892,28 +914,7 @@ fn a_label_adds_the_sidecar_the_app_reads_refreshed_tokens_and_nothing_else_chan
     });
     let pod_name = name(&pod);
     assert_injected_once(&pod);
-    let first = app_token(&ns, &pod_name).expect("the app reads the token");
-    assert!(
-        stand_in.issued().contains(&first),
-        "the app read a token the stand-in never issued"
-    );
-    let mut seen = vec![first];
-    eventually(
-        Duration::from_secs(60),
-        "two refreshed tokens in the app",
-        || {
-            if let Some(token) = app_token(&ns, &pod_name) {
-                if !seen.contains(&token) {
-                    assert!(
-                        stand_in.issued().contains(&token),
-                        "the app read a token the stand-in never issued"
-                    );
-                    seen.push(token);
-                }
-            }
-            seen.len() >= 3
-        },
-    );
+    assert_app_reads_refreshed_tokens(&ns, &pod_name, &stand_in);
     assert_log_clean(&ns, &pod_name, &stand_in, "e2e-secret");
 
     // No injector: no webhook configuration, and the release is the policies alone.
@@ -998,15 +999,20 @@ fn an_injected_job_completes() {
         .to_string(),
     );
     let started = Instant::now();
-    eventually(POD_START, "the injected Job to complete", || {
-        let job = ns.json(&["get", "job", "injected-job"]);
-        assert!(
-            job["status"]["failed"].as_i64().unwrap_or(0) == 0,
-            "the Job failed: {}",
-            job["status"]
-        );
-        job["status"]["succeeded"] == 1
-    });
+    eventually_every(
+        "the injected Job to complete",
+        POD_START,
+        NODE_PROBE_EVERY,
+        || {
+            let job = ns.json(&["get", "job", "injected-job"]);
+            assert!(
+                job["status"]["failed"].as_i64().unwrap_or(0) == 0,
+                "the Job failed: {}",
+                job["status"]
+            );
+            job["status"]["succeeded"] == 1
+        },
+    );
     let pod = ns.json(&["get", "pods", "-l", "app=injected-job"])["items"][0].clone();
     assert_eq!(names(&pod, "initContainers"), ["token-refresher"]);
     let log = ns.kubectl(&["logs", &name(&pod), "-c", "app"]);
@@ -1025,20 +1031,18 @@ fn start_delay(ns: &Namespace, pod: &Value) -> f64 {
     let pod_name = pod["metadata"]["name"].as_str().expect("name").to_owned();
     let started = Instant::now();
     ns.apply(&pod.to_string());
-    let deadline = started + POD_START;
-    loop {
-        if let Ok(json) = ns.try_kubectl(&["get", "pod", &pod_name, "-o", "json"]) {
+    eventually_every(
+        &format!("{pod_name}'s app to start"),
+        POD_START,
+        Duration::from_millis(100),
+        || {
+            let json = ns
+                .try_kubectl(&["get", "pod", &pod_name, "-o", "json"])
+                .ok()?;
             let live: Value = serde_json::from_str(&json).expect("pod JSON");
-            if running(&live, "app") {
-                return started.elapsed().as_secs_f64();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{pod_name}: the app did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            running(&live, "app").then(|| started.elapsed().as_secs_f64())
+        },
+    )
 }
 
 #[test]

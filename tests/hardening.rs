@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::fake_api::{ApiMode, FakeApi};
-use support::{wait_for, Daemon, Fixture};
+use support::{eventually, Daemon, Fixture};
 
 /// Starts the daemon with the fixture's arguments plus `extra`, and `env`.
 fn spawn_with_env(fixture: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
@@ -26,13 +26,13 @@ fn daemon_with_a_hanging_apply(name: &str) -> (Fixture, FakeApi, Daemon) {
         &["--secret-name", "token", "--secret-namespace", "team"],
         &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
     );
-    wait_for(Duration::from_secs(20), "ready", || {
+    eventually("ready", Duration::from_secs(20), || {
         daemon.get("/readyz").0 == 200
     });
     api.set_mode(ApiMode::Hang);
     let applies = api.requests();
     daemon.signal("HUP");
-    wait_for(Duration::from_secs(20), "the hanging apply", || {
+    eventually("the hanging apply", Duration::from_secs(20), || {
         api.requests() > applies
     });
     (fixture, api, daemon)
@@ -47,7 +47,7 @@ fn readiness_fails_from_the_moment_shutdown_begins() {
         "the Secret still holds a token"
     );
     daemon.signal("TERM");
-    wait_for(Duration::from_secs(10), "the stopping log line", || {
+    eventually("the stopping log line", Duration::from_secs(10), || {
         daemon.logs_contain("\"stopping\"")
     });
     let (code, body) = daemon.get("/readyz");
@@ -111,7 +111,7 @@ fn retry_after_zero_or_in_the_past_never_becomes_a_hot_loop() {
 fn after_the_token_expires_retries_stay_short_and_recovery_is_quick() {
     let fixture = Fixture::new("outage", 3);
     let daemon = fixture.spawn(&["--backoff-max", "60s", "--backoff-max-expired", "2s"]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     fixture
@@ -135,7 +135,7 @@ fn after_the_token_expires_retries_stay_short_and_recovery_is_quick() {
         .stand_in
         .set_default(fiskil_stand_in::Behaviour::Issue { expires_in: 3 });
     let healed = std::time::Instant::now();
-    wait_for(Duration::from_secs(30), "a token after healing", || {
+    eventually("a token after healing", Duration::from_secs(30), || {
         fixture.stand_in.issued().len() > issued
     });
     let took = healed.elapsed();
@@ -292,7 +292,7 @@ fn odd_files_are_refused_at_start_instead_of_hanging_or_being_replaced() {
 fn a_token_that_outlives_nothing_names_the_minimum_interval() {
     let fixture = Fixture::new("short-lived", 1);
     let daemon = fixture.spawn(&["--min-refresh-interval", "2s"]);
-    wait_for(Duration::from_secs(10), "the warning", || {
+    eventually("the warning", Duration::from_secs(10), || {
         daemon.logs_contain("--min-refresh-interval")
     });
     let warning = daemon
@@ -399,7 +399,7 @@ fn loopback_and_plain_http_endpoints_never_go_through_a_proxy() {
     let proxy = Proxy::start(fixture.stand_in.addr().port());
     let env = proxy_env(&proxy.url);
     let https = Daemon::spawn(&fixture.args_with(&[]), &env_refs(&env));
-    wait_for(Duration::from_secs(20), "a token over loopback", || {
+    eventually("a token over loopback", Duration::from_secs(20), || {
         fixture.read_token().is_some()
     });
     // A plain-http loopback endpoint: a listener that only counts connections.
@@ -414,7 +414,7 @@ fn loopback_and_plain_http_endpoints_never_go_through_a_proxy() {
         &other.args_with(&["--token-url", &target_url, "--insecure-allow-http"]),
         &env_refs(&env),
     );
-    wait_for(Duration::from_secs(20), "the plain-http request", || {
+    eventually("the plain-http request", Duration::from_secs(20), || {
         target.accept().is_ok()
     });
     assert!(
@@ -436,7 +436,7 @@ fn a_remote_endpoint_goes_through_https_proxy_as_a_tunnel_and_no_proxy_is_honour
         let before = fixture.stand_in.issued().len();
         let env = [(name, proxy.url.as_str())];
         let daemon = Daemon::spawn(&fixture.args_with(&["--token-url", &remote]), &env);
-        wait_for(Duration::from_secs(20), "a token through the proxy", || {
+        eventually("a token through the proxy", Duration::from_secs(20), || {
             fixture.stand_in.issued().len() > before
         });
         fixture.assert_logs_clean(&daemon);
@@ -459,7 +459,7 @@ fn a_remote_endpoint_goes_through_https_proxy_as_a_tunnel_and_no_proxy_is_honour
         ("NO_PROXY", "example.org,fiskil.test"),
     ];
     let mut direct = Daemon::spawn(&fixture.args_with(&["--token-url", &remote]), &env);
-    wait_for(Duration::from_secs(20), "a direct attempt", || {
+    eventually("a direct attempt", Duration::from_secs(20), || {
         direct.metric(TRANSIENT) >= 1.0
     });
     assert_eq!(proxy.lines().len(), 2, "NO_PROXY was ignored");
@@ -480,9 +480,9 @@ fn trust_bundles_from_ssl_cert_file_and_ssl_cert_dir_are_trusted() {
     let fixture = Fixture::new("trust", 900);
     let args = args_without_ca(&fixture);
     let untrusted = Daemon::spawn(&args, &[]);
-    wait_for(
-        Duration::from_secs(20),
+    eventually(
         "a certificate failure logged",
+        Duration::from_secs(20),
         || untrusted.logs_contain("certificate"),
     );
     assert!(fixture.stand_in.issued().is_empty());
@@ -499,9 +499,9 @@ fn trust_bundles_from_ssl_cert_file_and_ssl_cert_dir_are_trusted() {
     ] {
         let before = fixture.stand_in.issued().len();
         let daemon = Daemon::spawn(&args, &env);
-        wait_for(
-            Duration::from_secs(20),
+        eventually(
             "a token trusted by the bundle",
+            Duration::from_secs(20),
             || fixture.stand_in.issued().len() > before,
         );
         fixture.assert_logs_clean(&daemon);
@@ -565,7 +565,7 @@ fn the_health_server_is_dual_stack_and_bounded() {
         "{during} open descriptors with 300 idle clients (before: {before})"
     );
     drop(idle);
-    wait_for(Duration::from_secs(60), "served again", || {
+    eventually("served again", Duration::from_secs(60), || {
         support::http_get(v4, "/healthz").0 == 200
     });
     assert_eq!(daemon.get("/nope").0, 404);
@@ -598,13 +598,13 @@ fn secret_applies_are_bounded_never_retried_behind_the_outputs_back_and_follow_k
         ],
         &env,
     );
-    wait_for(Duration::from_secs(20), "three failed applies", || {
+    eventually("three failed applies", Duration::from_secs(20), || {
         api.requests() >= 3
     });
     let errors =
         "fiskil_token_refresher_output_write_total{output=\"secret:team/token\",result=\"error\"}";
     // Each failed write is one request: kube's own retry layer would send several per write.
-    wait_for(Duration::from_secs(20), "the errors counted", || {
+    eventually("the errors counted", Duration::from_secs(20), || {
         daemon.metric(errors) >= 3.0
     });
     // Requests counted first, failures after: every request counted then has failed by the
@@ -615,15 +615,15 @@ fn secret_applies_are_bounded_never_retried_behind_the_outputs_back_and_follow_k
         sent <= failed + 1.0,
         "{sent} API requests for {failed} failed writes"
     );
-    wait_for(Duration::from_secs(10), "the 503 logged", || {
+    eventually("the 503 logged", Duration::from_secs(10), || {
         daemon.logs_contain("HTTP 503")
     });
 
     // A hanging API server: each apply gives up after --request-timeout.
     api.set_mode(ApiMode::Hang);
-    wait_for(
-        Duration::from_secs(30),
+    eventually(
         "an apply cut off by the timeout",
+        Duration::from_secs(30),
         || daemon.logs_contain("did not answer within --request-timeout"),
     );
     // The file output never waited for any of this.
@@ -635,7 +635,7 @@ fn secret_applies_are_bounded_never_retried_behind_the_outputs_back_and_follow_k
 fn a_storm_of_sighups_sends_one_token_request_per_min_refresh_interval() {
     let fixture = Fixture::new("sighup-storm", 900);
     let daemon = fixture.spawn(&["--min-refresh-interval", "30s"]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     for _ in 0..50 {
@@ -650,7 +650,7 @@ fn a_storm_of_sighups_sends_one_token_request_per_min_refresh_interval() {
         sent <= 2,
         "{sent} token requests after 50 SIGHUPs within --min-refresh-interval 30s"
     );
-    wait_for(Duration::from_secs(10), "the folded request logged", || {
+    eventually("the folded request logged", Duration::from_secs(10), || {
         daemon.logs_contain("it waits for the next allowed request")
     });
     let folded = daemon
@@ -680,19 +680,15 @@ fn a_pid_file_naming_a_thread_of_the_daemon_is_refused() {
         "--notify-pid-file",
         pid_file.to_str().unwrap(),
     ]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
-    let mut thread = None;
-    wait_for(
-        Duration::from_secs(10),
+    let thread = eventually(
         "a second thread in the daemon",
-        || {
-            thread = daemon_thread(&daemon);
-            thread.is_some()
-        },
+        Duration::from_secs(10),
+        || daemon_thread(&daemon),
     );
-    std::fs::write(&pid_file, format!("{}\n", thread.unwrap())).unwrap();
+    std::fs::write(&pid_file, format!("{thread}\n")).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     daemon.signal("HUP");
     std::thread::sleep(Duration::from_secs(5));
@@ -702,7 +698,7 @@ fn a_pid_file_naming_a_thread_of_the_daemon_is_refused() {
         sent <= 3,
         "{sent} token requests: the daemon signalled itself into a refresh loop"
     );
-    wait_for(Duration::from_secs(10), "the refusal", || {
+    eventually("the refusal", Duration::from_secs(10), || {
         daemon.logs_contain("the pid file names this daemon itself")
     });
     fixture.assert_logs_clean(&daemon);
@@ -723,7 +719,7 @@ fn a_fifo_as_the_pid_file_never_freezes_the_daemon() {
         "--notify-pid-file",
         fifo.to_str().unwrap(),
     ]);
-    wait_for(Duration::from_secs(10), "the first token", || {
+    eventually("the first token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     std::thread::sleep(Duration::from_millis(500));
@@ -731,12 +727,12 @@ fn a_fifo_as_the_pid_file_never_freezes_the_daemon() {
     for _ in 0..8 {
         assert_eq!(daemon.get("/healthz").0, 200, "the daemon answers probes");
     }
-    wait_for(Duration::from_secs(10), "the refusal", || {
+    eventually("the refusal", Duration::from_secs(10), || {
         daemon.logs_contain("the pid file is not a regular file")
     });
     std::thread::sleep(Duration::from_millis(1500));
     daemon.signal("HUP");
-    wait_for(Duration::from_secs(10), "a refresh after SIGHUP", || {
+    eventually("a refresh after SIGHUP", Duration::from_secs(10), || {
         fixture.read_token() != first
     });
     fixture.assert_logs_clean(&daemon);

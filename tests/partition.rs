@@ -15,9 +15,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{WatchEvent, WatchParams};
 use kube::config::Kubeconfig;
 use kube::Api;
-use support::cluster::{eventually, Cluster, SECRET};
-use support::fleet::Fleet;
-use support::{Daemon, Fixture};
+use support::control_plane::{Cluster, SECRET};
+use support::leader_election::Fleet;
+use support::{eventually, eventually_async, Daemon, Fixture};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -173,9 +173,9 @@ async fn a_cut_off_leader_steps_down_and_never_writes_in_the_next_term() {
     );
     // A new Lease is created once the writer has found it missing for the lease duration plus
     // the 2 s margin.
-    support::wait_for(
-        Duration::from_secs(30),
+    eventually(
         "writer-a to create the Lease and lead",
+        Duration::from_secs(30),
         || a.logs_contain("leadership acquired"),
     );
     let mut b = Daemon::spawn(
@@ -186,9 +186,9 @@ async fn a_cut_off_leader_steps_down_and_never_writes_in_the_next_term() {
         ],
     );
     b.wait_log("following");
-    eventually(
-        Duration::from_secs(15),
+    eventually_async(
         "writer-a's token in the Secret",
+        Duration::from_secs(15),
         || async {
             writers
                 .lock()
@@ -207,9 +207,9 @@ async fn a_cut_off_leader_steps_down_and_never_writes_in_the_next_term() {
     relay.freeze(true);
     let frozen_at = std::time::SystemTime::now();
     a.wait_log("leadership lost");
-    eventually(
-        Duration::from_secs(30),
+    eventually_async(
         "writer-b's token in the Secret",
+        Duration::from_secs(30),
         || async {
             writers
                 .lock()
@@ -235,9 +235,9 @@ async fn a_cut_off_leader_steps_down_and_never_writes_in_the_next_term() {
         after_freeze(&a, "leadership lost"),
         after_freeze(&b, "leadership acquired")
     );
-    support::wait_for(
-        Duration::from_secs(20),
+    eventually(
         "writer-a following writer-b again",
+        Duration::from_secs(20),
         || {
             a.json_logs().iter().any(|l| {
                 l["message"] == "following"
@@ -248,7 +248,7 @@ async fn a_cut_off_leader_steps_down_and_never_writes_in_the_next_term() {
     // One more write by the leader, ordered after anything the old leader could still send.
     let before = writers.lock().unwrap().len();
     b.signal("HUP");
-    eventually(Duration::from_secs(15), "writer-b's next write", || async {
+    eventually_async("writer-b's next write", Duration::from_secs(15), || async {
         writers.lock().unwrap().len() > before
     })
     .await;

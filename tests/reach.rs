@@ -18,7 +18,7 @@ use std::time::Duration;
 use fiskil_stand_in::api::{fnv1a, pattern_byte, FNV_START};
 use fiskil_stand_in::Behaviour;
 use serde_json::Value;
-use support::{wait_for, Daemon, Fixture};
+use support::{eventually, Daemon, Fixture};
 
 const TEN_MIB: usize = 10 * 1024 * 1024;
 
@@ -51,7 +51,7 @@ fn have(program: &str, version_flag: &str) -> bool {
 
 /// The address a feature listens on, from its `listening` log line.
 fn listening(daemon: &Daemon, flag: &str) -> SocketAddr {
-    wait_for(Duration::from_secs(10), "the listener to start", || {
+    eventually("the listener to start", Duration::from_secs(10), || {
         daemon
             .json_logs()
             .iter()
@@ -134,7 +134,7 @@ fn token_endpoint_answers_the_current_token_on_loopback_only() {
     fixture
         .stand_in
         .set_default(Behaviour::Issue { expires_in: 900 });
-    wait_for(Duration::from_secs(10), "a token", || {
+    eventually("a token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     let issued = fixture.stand_in.issued()[0].clone();
@@ -245,7 +245,7 @@ fn notify_url_is_posted_after_each_token_is_written() {
         format!("http://{failing}/reload"),
     ]);
     let mut daemon = Daemon::spawn(&args, &[]);
-    wait_for(Duration::from_secs(30), "three notifications", || {
+    eventually("three notifications", Duration::from_secs(30), || {
         received.lock().unwrap().len() >= 3
     });
     let issued = fixture.stand_in.issued();
@@ -266,12 +266,12 @@ fn notify_url_is_posted_after_each_token_is_written() {
         assert!(!issued.iter().any(|t| text.contains(t.as_str())));
     }
     // The receiver records a body before it answers; the daemon counts the answer after.
-    wait_for(Duration::from_secs(10), "three successes counted", || {
+    eventually("three successes counted", Duration::from_secs(10), || {
         daemon.metric("fiskil_token_refresher_notify_total{kind=\"url\",result=\"success\"}") >= 3.0
     });
     // The failing URL: retried (at most 4 attempts per token), and a newer token replaces the
     // notification being retried (tokens come every ~2.4 s; the 4th attempt would be at 5.25 s).
-    wait_for(Duration::from_secs(30), "attempts for three tokens", || {
+    eventually("attempts for three tokens", Duration::from_secs(30), || {
         let attempts = attempts.lock().unwrap();
         let mut tokens: Vec<String> = attempts
             .iter()
@@ -304,9 +304,9 @@ fn notify_url_is_posted_after_each_token_is_written() {
         runs[..runs.len() - 1].iter().any(|(_, count)| *count < 4),
         "a notification still being retried was replaced by the newer token's: {runs:?}"
     );
-    wait_for(
-        Duration::from_secs(10),
+    eventually(
         "three failed notifications counted",
+        Duration::from_secs(10),
         || {
             daemon.metric("fiskil_token_refresher_notify_total{kind=\"url\",result=\"error\"}")
                 >= 3.0
@@ -343,7 +343,7 @@ impl Nginx {
             prefix: prefix.to_owned(),
         };
         nginx.run(&[]);
-        wait_for(Duration::from_secs(10), "nginx's pid file", || {
+        eventually("nginx's pid file", Duration::from_secs(10), || {
             nginx.pid_file().exists()
         });
         nginx
@@ -381,7 +381,7 @@ impl Nginx {
     fn stop(&self) {
         if self.pid_file().exists() {
             self.run(&["-s", "quit"]);
-            wait_for(Duration::from_secs(10), "nginx to stop", || {
+            eventually("nginx to stop", Duration::from_secs(10), || {
                 !self.pid_file().exists()
             });
         }
@@ -426,13 +426,13 @@ fn without_a_token_file_each_new_token_notifies() {
         .map(str::to_owned),
     );
     let daemon = Daemon::spawn(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
-    wait_for(Duration::from_secs(30), "the first notification", || {
+    eventually("the first notification", Duration::from_secs(30), || {
         !received.lock().unwrap().is_empty()
     });
     daemon.signal("HUP");
-    wait_for(
-        Duration::from_secs(30),
+    eventually(
         "a notification for the second token",
+        Duration::from_secs(30),
         || received.lock().unwrap().len() >= 2,
     );
     let issued = fixture.stand_in.issued();
@@ -460,7 +460,7 @@ fn notify_signal_reloads_nginx_from_its_pid_file() {
         "--notify-pid-file",
         pid_file.to_str().unwrap(),
     ]);
-    wait_for(Duration::from_secs(30), "two tokens without nginx", || {
+    eventually("two tokens without nginx", Duration::from_secs(30), || {
         fixture.stand_in.issued().len() >= 2
     });
     let missing = |daemon: &Daemon| {
@@ -470,9 +470,9 @@ fn notify_signal_reloads_nginx_from_its_pid_file() {
             .filter(|l| l.contains("cannot signal the process") && l.contains("does not exist"))
             .count()
     };
-    wait_for(
-        Duration::from_secs(10),
+    eventually(
         "the missing pid file warning",
+        Duration::from_secs(10),
         || missing(&daemon) == 1,
     );
     assert_eq!(
@@ -482,7 +482,7 @@ fn notify_signal_reloads_nginx_from_its_pid_file() {
     );
 
     let nginx = Nginx::start(&prefix);
-    wait_for(Duration::from_secs(30), "two reloads of nginx", || {
+    eventually("two reloads of nginx", Duration::from_secs(30), || {
         nginx.reloads_from().len() >= 2
     });
     assert!(
@@ -491,14 +491,14 @@ fn notify_signal_reloads_nginx_from_its_pid_file() {
         nginx.reloads_from()
     );
     daemon.wait_log("signalled the process");
-    wait_for(Duration::from_secs(10), "two signals counted", || {
+    eventually("two signals counted", Duration::from_secs(10), || {
         daemon.metric("fiskil_token_refresher_notify_total{kind=\"signal\",result=\"success\"}")
             >= 2.0
     });
 
     nginx.stop();
     let issued = fixture.stand_in.issued().len();
-    wait_for(Duration::from_secs(30), "two more tokens", || {
+    eventually("two more tokens", Duration::from_secs(30), || {
         fixture.stand_in.issued().len() >= issued + 2
     });
     assert_eq!(
@@ -567,7 +567,7 @@ fn proxy_forwards_curl_requests_with_the_token_and_refuses_forward_proxying() {
         .stand_in
         .set_default(Behaviour::Issue { expires_in: 900 });
     daemon.signal("HUP");
-    wait_for(Duration::from_secs(10), "a token", || {
+    eventually("a token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
 
@@ -743,7 +743,7 @@ fn proxy_refreshes_once_on_401_and_retries_python_clients() {
     let fixture = Fixture::new("proxy-python", 900);
     let (mut daemon, addr) = proxy_daemon(&fixture);
     let base = format!("http://{addr}");
-    wait_for(Duration::from_secs(10), "a token", || {
+    eventually("a token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
 
@@ -772,14 +772,14 @@ fn proxy_refreshes_once_on_401_and_retries_python_clients() {
         .filter(|s| s.status == 401)
         .count();
     assert!((1..=32).contains(&unauthorized), "{unauthorized}");
-    wait_for(
-        Duration::from_secs(10),
+    eventually(
         "the proxied requests counted",
+        Duration::from_secs(10),
         || daemon.metric("fiskil_token_refresher_proxy_requests_total{code=\"200\"}") >= 33.0,
     );
-    wait_for(
-        Duration::from_secs(10),
+    eventually(
         "the proxied durations counted",
+        Duration::from_secs(10),
         || daemon.metric("fiskil_token_refresher_proxy_request_duration_seconds_count") >= 33.0,
     );
 
@@ -791,12 +791,12 @@ fn proxy_refreshes_once_on_401_and_retries_python_clients() {
     let large = "x".repeat(100 * 1024);
     let answer = python(&base, &["one", "/echo/large", &large]);
     assert_eq!(answer["status"], 401, "{answer}");
-    wait_for(
-        Duration::from_secs(10),
+    eventually(
         "the refresh the 401 asked for",
+        Duration::from_secs(10),
         || fixture.token_requests() == before + 1,
     );
-    wait_for(Duration::from_secs(10), "the new token", || {
+    eventually("the new token", Duration::from_secs(10), || {
         python(&base, &["one", "/echo/after"])["status"] == 200
     });
     assert_eq!(fixture.token_requests(), before + 1);
@@ -825,7 +825,7 @@ fn names_other_than_loopback_get_no_token_dns_rebinding() {
     ]);
     let token = listening(&daemon, "--token-listen");
     let proxy = listening(&daemon, "--proxy-listen");
-    wait_for(Duration::from_secs(10), "a token", || {
+    eventually("a token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     let issued = fixture.stand_in.issued()[0].clone();
@@ -873,7 +873,7 @@ fn names_other_than_loopback_get_no_token_dns_rebinding() {
 fn a_401_while_the_token_endpoint_is_limited_never_stalls_the_client() {
     let fixture = Fixture::new("proxy-401-stall", 900);
     let (daemon, addr) = proxy_daemon(&fixture);
-    wait_for(Duration::from_secs(10), "a token", || {
+    eventually("a token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     // --min-refresh-interval (1 s) has passed since the first token, so the 401 may ask.
@@ -886,9 +886,9 @@ fn a_401_while_the_token_endpoint_is_limited_never_stalls_the_client() {
     let get = "GET /echo/a HTTP/1.1\r\nHost: 127.0.0.1";
     let (status, first) = timed(addr, get);
     assert_eq!(status, 401);
-    wait_for(
-        Duration::from_secs(10),
+    eventually(
         "the refresh the 401 asked for",
+        Duration::from_secs(10),
         || fixture.token_requests() == 2,
     );
     // The refresh failed with Retry-After: later requests on the same token do not wait.
@@ -919,7 +919,7 @@ fn a_401_while_the_token_endpoint_is_limited_never_stalls_the_client() {
 fn an_upstream_that_always_answers_401_is_asked_for_new_tokens_ever_more_rarely() {
     let fixture = Fixture::new("proxy-401-always", 900);
     let (daemon, addr) = proxy_daemon(&fixture);
-    wait_for(Duration::from_secs(10), "a token", || {
+    eventually("a token", Duration::from_secs(10), || {
         fixture.read_token().is_some()
     });
     std::thread::sleep(Duration::from_millis(1500));

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 use fiskil_stand_in::Behaviour;
 use rand::seq::IndexedRandom;
 use rand::Rng;
-use support::cluster::{spawn_with_identity, Cluster};
-use support::{wait_for, Daemon, Fixture};
+use support::control_plane::{spawn_with_identity, Cluster};
+use support::{eventually, Daemon, Fixture};
 
 const LIFETIME_S: i64 = 2;
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -155,7 +155,7 @@ fn soak_with_fault_injection() {
         }
         None => fixture.spawn(&extra),
     };
-    wait_for(Duration::from_secs(15), "the first token", || {
+    eventually("the first token", Duration::from_secs(15), || {
         fixture.read_token().is_some()
     });
     std::thread::sleep(Duration::from_secs(3));
@@ -226,7 +226,7 @@ fn soak_with_fault_injection() {
                     .accept(&fixture.client_id.clone(), &fixture.client_secret.clone());
                 let ended = Instant::now();
                 let issued_at_end = fixture.stand_in.issued().len();
-                wait_for(Duration::from_secs(10), "recovery after an outage", || {
+                eventually("recovery after an outage", Duration::from_secs(10), || {
                     let issued = fixture.stand_in.issued();
                     issued.len() > issued_at_end
                         && fixture_token(&fixture) == issued.last().cloned()
@@ -258,9 +258,9 @@ fn soak_with_fault_injection() {
             }
         }
         if !matches!(fault, Fault::Outage | Fault::ServerErrors | Fault::Rejected) {
-            wait_for(
-                Duration::from_secs(10),
+            eventually(
                 "a good token after the fault",
+                Duration::from_secs(10),
                 || {
                     let issued = fixture.stand_in.issued();
                     issued.len() > issued_before

@@ -16,7 +16,7 @@ Prints a Markdown table.
 Usage: tests/bench/fleet.py --cluster-dir DIR [--runs 10] [--lease-seconds 15] [--targets 10]
                             [--rate-seconds 90] [--rate-lifetime 10] [--daemon PATH]
 Build first: cargo build --release --workspace. The writers run with the cluster's admin
-kubeconfig (RBAC is proven by tests/fleet.rs, not here).
+kubeconfig (RBAC is proven by tests/leader_election.rs, not here).
 """
 
 import argparse

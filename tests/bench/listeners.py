@@ -183,6 +183,16 @@ class Bench:
         subprocess.run(["rm", "-rf", self.work], check=False)
 
 
+def healthz_answers(port):
+    """Whether the health server on `port` answers GET /healthz with 200 within 5 s."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", "/healthz")
+        return c.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
 def mib(kib):
     return "–" if kib is None else f"{kib / 1024:.1f} MiB"
 
@@ -268,14 +278,7 @@ def heads_phase(bench, results):
     peak = max(peak, status_kib(pid, "VmRSS") or 0)
     alive = proc.poll() is None
     oom = cgroup.oom_kills() if cgroup else None
-    answered = False
-    if alive:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", ports["admin"], timeout=5)
-            c.request("GET", "/healthz")
-            answered = c.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            pass
+    answered = alive and healthz_answers(ports["admin"])
     for s in held:
         s.close()
     results.append(("300 unfinished 390 KiB request heads: peak resident memory", mib(peak)))
@@ -385,13 +388,7 @@ def descriptors_phase(bench, results):
         with open(token) as f:
             rewritten = f.read() != before
         time.sleep(0.1)
-    answered = False
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", ports["admin"], timeout=5)
-        c.request("GET", "/healthz")
-        answered = c.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        pass
+    answered = healthz_answers(ports["admin"])
     for s in held:
         s.close()
     results.append((f"{len(held)} connections held, ulimit -n 1024: daemon descriptors", str(fds)))

@@ -25,13 +25,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "${here}/lib.sh"
 
-[[ $# -eq 1 && -f $1 ]] || deploy_die "usage: $0 KUBECONFIG (admin, e.g. from tests/cluster/up.sh)"
-export KUBECONFIG
-KUBECONFIG="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
-helm="$("${here}/helm.sh")"
-kubectl="$("${here}/kubectl.sh")"
-python="$(with_tool_lock venv venv_python)"
-k() { "${kubectl}" "$@"; }
+admin_cluster_tools "$@"
+PYTHON="$(with_tool_lock venv venv_python)"
 
 release=fiskil-token-refresher
 release_ns=fiskil-injection
@@ -39,8 +34,8 @@ ns=payments          # selected by the binding (the README's example lives here)
 other_ns=unselected  # not selected
 work="$(mktemp -d)"
 cleanup() {
-    "${helm}" uninstall "${release}" -n "${release_ns}" >/dev/null 2>&1 || true
-    "${helm}" uninstall broken -n "${release_ns}" >/dev/null 2>&1 || true
+    "${HELM}" uninstall "${release}" -n "${release_ns}" >/dev/null 2>&1 || true
+    "${HELM}" uninstall broken -n "${release_ns}" >/dev/null 2>&1 || true
     rm -rf "${work}"
 }
 trap cleanup EXIT
@@ -61,10 +56,10 @@ k label namespace "${ns}" fiskil-token-refresher.io/injection=enabled >/dev/null
 
 # ------------------------------------------------------------- install ---
 check "helm install with injection.enabled=true (the API server compiles the policies' CEL)" \
-    "${helm}" install "${release}" "${CHART_DIR}" -n "${release_ns}" \
+    "${HELM}" install "${release}" "${CHART_DIR}" -n "${release_ns}" \
     --set injection.enabled=true --set standalone.enabled=false
 installed_objects() {
-    "${helm}" get manifest "${release}" -n "${release_ns}" | grep '^kind:' | sort | tee "${work}/kinds"
+    "${HELM}" get manifest "${release}" -n "${release_ns}" | grep '^kind:' | sort | tee "${work}/kinds"
     [[ $(tr '\n' ' ' <"${work}/kinds") == "kind: MutatingAdmissionPolicy kind: MutatingAdmissionPolicyBinding kind: ValidatingAdmissionPolicy kind: ValidatingAdmissionPolicyBinding " ]] &&
         [[ -z $(k get mutatingwebhookconfigurations -o name) ]]
 }
@@ -77,12 +72,12 @@ broken_cel_refused() {
     sed -i 's/!has(object.spec.initContainers) || !object/!has(object.spec.initContainers) ||| !object/' \
         "${copy}/templates/injection.yaml"
     grep -qF '||| !object' "${copy}/templates/injection.yaml" || return 1
-    msg="$("${helm}" install broken "${copy}" -n "${release_ns}" --set injection.enabled=true \
+    msg="$("${HELM}" install broken "${copy}" -n "${release_ns}" --set injection.enabled=true \
         --set standalone.enabled=false --set fullnameOverride=broken \
         --set injection.namespaceSelector.matchLabels.selects=nothing 2>&1)" || rc=$?
     printf '%s\n' "${msg}"
     # A failed install keeps what it created before the refusal: remove it at once.
-    "${helm}" uninstall broken -n "${release_ns}" >/dev/null 2>&1 || true
+    "${HELM}" uninstall broken -n "${release_ns}" >/dev/null 2>&1 || true
     [[ ${rc} -ne 0 ]] && grep -q 'MutatingAdmissionPolicy' <<<"${msg}" &&
         grep -qi 'compil\|syntax' <<<"${msg}" && ! k get mutatingadmissionpolicy broken >/dev/null 2>&1
 }
@@ -91,7 +86,7 @@ check "a policy with a broken CEL expression is refused by the API server at ins
 # dry_run FILE OUT: kubectl create --dry-run=server -o yaml (stderr to OUT.err).
 dry_run() { k create --dry-run=server -o yaml -f "$1" >"$2" 2>"$2.err"; }
 pod() { # pod NAME NAMESPACE [LABELLED] [ANNOTATIONS_JSON] [EXTRA_SPEC_JSON]: a restricted Pod as JSON
-    "${python}" - "$@" <<'PY'
+    "${PYTHON}" - "$@" <<'PY'
 import json, sys
 name, ns = sys.argv[1], sys.argv[2]
 labelled = len(sys.argv) > 3 and sys.argv[3] == "yes"
@@ -114,7 +109,7 @@ PY
 }
 # query FILE EXPR: a Python expression on the dry-run Pod p (parsed YAML); prints it, true/false.
 query() {
-    "${python}" - "$1" "$2" <<'PY'
+    "${PYTHON}" - "$1" "$2" <<'PY'
 import sys, yaml
 p = yaml.safe_load(open(sys.argv[1]))
 spec = p["spec"]
@@ -148,7 +143,7 @@ check "a labelled pod gets the sidecar (policy active)" injected_soon
 
 # ------------------------------------------------------------- README ---
 readme_example() {
-    "${python}" - "${REPO_ROOT}/README.md" "$1" "$2" <<'PY'
+    "${PYTHON}" - "${REPO_ROOT}/README.md" "$1" "$2" <<'PY'
 import re, sys, yaml
 readme = open(sys.argv[1]).read()
 def block(marker):
@@ -194,10 +189,10 @@ check "README's injection example = kubectl create --dry-run=server -o yaml of i
 
 # ------------------------------------------- same as the hand-written sidecar ---
 same_as_example() {
-    "${helm}" template "${release}" "${CHART_DIR}" -n "${ns}" --set example.enabled=true \
+    "${HELM}" template "${release}" "${CHART_DIR}" -n "${ns}" --set example.enabled=true \
         --set standalone.enabled=false --show-only templates/example.yaml >"${work}/example.yaml" || return 1
     # The example's pod template as a Pod (without its sidecar and volumes), labelled.
-    "${python}" - "${work}/example.yaml" "${ns}" "${work}" <<'PY' || return 1
+    "${PYTHON}" - "${work}/example.yaml" "${ns}" "${work}" <<'PY' || return 1
 import json, sys, yaml
 dep = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Deployment")
 spec = dep["spec"]["template"]["spec"]
@@ -217,7 +212,7 @@ PY
     sed -i "s/\"namespace\": \"${ns}\"/\"namespace\": \"${other_ns}\"/" "${work}/hand.json"
     dry_run "${work}/hand.json" "${work}/hand.out" || { cat "${work}/hand.out.err"; return 1; }
     dry_run "${work}/labelled.json" "${work}/labelled.out" || { cat "${work}/labelled.out.err"; return 1; }
-    "${python}" - "${work}/hand.out" "${work}/labelled.out" <<'PY'
+    "${PYTHON}" - "${work}/hand.out" "${work}/labelled.out" <<'PY'
 import sys, yaml
 hand, inj = (yaml.safe_load(open(f))["spec"] for f in sys.argv[1:3])
 ok = True
@@ -242,7 +237,7 @@ unchanged() { # unchanged NAME NS LABELLED: the dry-run equals that of the same 
     pod "$1" "${other_ns}" no >"${work}/$1-plain.json"
     dry_run "${work}/$1.json" "${work}/$1.out" || { cat "${work}/$1.out.err"; return 1; }
     dry_run "${work}/$1-plain.json" "${work}/$1-plain.out" || return 1
-    "${python}" - "${work}/$1.out" "${work}/$1-plain.out" <<'PY'
+    "${PYTHON}" - "${work}/$1.out" "${work}/$1-plain.out" <<'PY'
 import sys, yaml
 a, b = (yaml.safe_load(open(f))["spec"] for f in sys.argv[1:3])
 print("spec unchanged" if a == b else f"changed:\n{a}\nvs\n{b}")
@@ -256,7 +251,7 @@ already_there() {
         "${work}/hand.json" | sed "s/\"namespace\": \"${other_ns}\"/\"namespace\": \"${ns}\"/" >"${work}/again.json"
     grep -q '"namespace": "'"${ns}"'"' "${work}/again.json" || return 1
     dry_run "${work}/again.json" "${work}/again.out" || { cat "${work}/again.out.err"; return 1; }
-    "${python}" - "${work}/again.out" "${work}/hand.out" <<'PY'
+    "${PYTHON}" - "${work}/again.out" "${work}/hand.out" <<'PY'
 import sys, yaml
 a, b = (yaml.safe_load(open(f))["spec"] for f in sys.argv[1:3])
 print("spec unchanged" if a == b else f"changed:\n{a}\nvs\n{b}")
@@ -302,7 +297,7 @@ check "refused, naming the annotation: proxy-port = token-endpoint-port" refused
 check "refused, naming the annotation: proxy-upstream without proxy-port" refused bad-upstream '{"fiskil-token-refresher.io/proxy-upstream": "https://api.example.com"}' proxy-upstream
 
 uninstalled() {
-    "${helm}" uninstall "${release}" -n "${release_ns}" || return 1
+    "${HELM}" uninstall "${release}" -n "${release_ns}" || return 1
     [[ -z $(k get mutatingadmissionpolicies,mutatingadmissionpolicybindings,validatingadmissionpolicies,validatingadmissionpolicybindings -o name 2>/dev/null) ]] || return 1
     # Informers catch up: the next labelled pod is not changed.
     local i

@@ -14,15 +14,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "${here}/lib.sh"
 
-[[ $# -eq 1 && -f $1 ]] || deploy_die "usage: $0 KUBECONFIG (admin, e.g. from tests/cluster/up.sh)"
-export KUBECONFIG="$1"
+admin_cluster_tools "$@"
 (cd "${REPO_ROOT}" && cargo build --locked --workspace --quiet) || deploy_die "cargo build --workspace failed"
 daemon_bin="${FISKIL_TEST_BINARY:-${REPO_ROOT}/target/debug/fiskil-token-refresher}"
 stand_in_bin="${REPO_ROOT}/target/debug/fiskil-stand-in"
-
-helm="$("${here}/helm.sh")"
-kubectl="$("${here}/kubectl.sh")"
-k() { "${kubectl}" "$@"; }
 
 work="$(mktemp -d)"
 namespace="fiskil-install-$$"
@@ -32,7 +27,7 @@ cleanup() {
     local pid
     for pid in "${pids[@]}"; do kill "${pid}" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    "${helm}" uninstall "${release}" -n "${namespace}" >/dev/null 2>&1 || true
+    "${HELM}" uninstall "${release}" -n "${namespace}" >/dev/null 2>&1 || true
     rm -rf "${work}"
 }
 trap cleanup EXIT
@@ -51,7 +46,7 @@ if ! grep -q -- '--leader-elect' <<<"$("${daemon_bin}" --help)"; then
     echo "note: ${daemon_bin} has no --leader-elect: installing with leaderElection.enabled=false"
 fi
 check "helm install of the chart (standalone, credentials from values, leader election ${leader_elect})" \
-    "${helm}" install "${release}" "${CHART_DIR}" -n "${namespace}" "${install_values[@]}" \
+    "${HELM}" install "${release}" "${CHART_DIR}" -n "${namespace}" "${install_values[@]}" \
     --set credentials.clientId="${client_id}" --set credentials.clientSecret="${client_secret}"
 
 deploy_json="$(k -n "${namespace}" get deployment -l app.kubernetes.io/instance="${release}" -o json)"
@@ -179,7 +174,7 @@ metadata:
 type: Opaque
 EOF
 check "a release that creates the token Secret installs" \
-    "${helm}" install owner "${owner_chart}" -n "${namespace}" --set revision=1
+    "${HELM}" install owner "${owner_chart}" -n "${namespace}" --set revision=1
 "${daemon_bin}" --once --secret-name helm-owned-token --secret-namespace "${namespace}" \
     --token-url "https://localhost:${port}/v1/token" --ca-file "${work}/stand-in-ca.pem" \
     --client-id-file "${work}/credentials/client_id" --client-secret-file "${work}/credentials/client_secret" \
@@ -194,9 +189,9 @@ owned_token() { [[ $(k -n "${namespace}" get secret helm-owned-token -o 'jsonpat
 check "the daemon wrote the token into the release's Secret" owned_token
 check "Helm's ownership labels are untouched by the daemon's apply" helm_owns
 check "helm upgrade of that release still succeeds" \
-    "${helm}" upgrade owner "${owner_chart}" -n "${namespace}" --set revision=2
+    "${HELM}" upgrade owner "${owner_chart}" -n "${namespace}" --set revision=2
 check "after the upgrade Helm still owns the Secret" helm_owns
 check "and the token key survived the upgrade" owned_token
-"${helm}" uninstall owner -n "${namespace}" >/dev/null 2>&1 || true
+"${HELM}" uninstall owner -n "${namespace}" >/dev/null 2>&1 || true
 
 check_summary

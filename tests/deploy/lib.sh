@@ -83,3 +83,16 @@ check_summary() {
     printf '%d passed, %d failed\n' "${DEPLOY_PASSED}" "${DEPLOY_FAILED}"
     ((DEPLOY_FAILED == 0))
 }
+
+# admin_cluster_tools "$@": the start of the scripts that take an admin kubeconfig (e.g. from
+# tests/cluster/up.sh) as their one argument. Checks that usage, exports KUBECONFIG as an
+# absolute path, sets HELM and KUBECTL to the pinned tools (built once into the tools cache) and
+# defines k as that kubectl.
+admin_cluster_tools() {
+    [[ $# -eq 1 && -f $1 ]] || deploy_die "usage: $0 KUBECONFIG (admin, e.g. from tests/cluster/up.sh)"
+    export KUBECONFIG
+    KUBECONFIG="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+    HELM="$("${DEPLOY_TESTS_DIR}/helm.sh")"
+    KUBECTL="$("${DEPLOY_TESTS_DIR}/kubectl.sh")"
+    k() { "${KUBECTL}" "$@"; }
+}

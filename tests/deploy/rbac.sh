@@ -30,17 +30,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "${here}/lib.sh"
 
-[[ $# -eq 1 && -f $1 ]] || deploy_die "usage: $0 KUBECONFIG (admin, e.g. from tests/cluster/up.sh)"
-export KUBECONFIG
-KUBECONFIG="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
-helm="$("${here}/helm.sh")"
-kubectl="$("${here}/kubectl.sh")"
+admin_cluster_tools "$@"
 PYTHON="$(with_tool_lock venv venv_python)"
-k() { "${kubectl}" "$@"; }
 
 work="$(mktemp -d)"
 cleanup() {
-    "${helm}" uninstall fleet -n "${release_ns}" >/dev/null 2>&1 || true
+    "${HELM}" uninstall fleet -n "${release_ns}" >/dev/null 2>&1 || true
     rm -rf "${work}"
 }
 trap cleanup EXIT
@@ -79,7 +74,7 @@ example:
   enabled: true
 EOF
 check "helm install: targets in 3 namespaces, leader election, Events, the example sidecar" \
-    "${helm}" install fleet "${CHART_DIR}" -n "${release_ns}" -f "${work}/values.yaml"
+    "${HELM}" install fleet "${CHART_DIR}" -n "${release_ns}" -f "${work}/values.yaml"
 
 sa="$(k -n "${release_ns}" get deployment -l app.kubernetes.io/instance=fleet,app.kubernetes.io/component=secret-writer \
     -o jsonpath='{.items[0].spec.template.spec.serviceAccountName}')"
@@ -112,9 +107,9 @@ EOF
 sa_kubeconfig "${sa}" "${work}/writer.kubeconfig"
 sa_kubeconfig "${example_sa}" "${work}/example.kubeconfig"
 sa_kubeconfig rbac-baseline "${work}/baseline.kubeconfig"
-as_writer() { KUBECONFIG="${work}/writer.kubeconfig" "${kubectl}" "$@"; }
-as_baseline() { KUBECONFIG="${work}/baseline.kubeconfig" "${kubectl}" "$@"; }
-as_example() { KUBECONFIG="${work}/example.kubeconfig" "${kubectl}" "$@"; }
+as_writer() { KUBECONFIG="${work}/writer.kubeconfig" "${KUBECTL}" "$@"; }
+as_baseline() { KUBECONFIG="${work}/baseline.kubeconfig" "${KUBECTL}" "$@"; }
+as_example() { KUBECONFIG="${work}/example.kubeconfig" "${KUBECTL}" "$@"; }
 
 whoami_is_writer() {
     local who

@@ -3,10 +3,10 @@
 
 #![allow(dead_code)]
 
-pub mod cluster;
+pub mod control_plane;
 pub mod fake_api;
-pub mod fleet;
-pub mod node;
+pub mod leader_election;
+pub mod pods;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -306,9 +306,9 @@ impl Daemon {
     /// Waits until a captured log line contains `text` (lines reach the test a little after
     /// the daemon writes them).
     pub fn wait_log(&self, text: &str) {
-        wait_for(
-            Duration::from_secs(10),
+        eventually(
             &format!("a log line with {text:?}"),
+            Duration::from_secs(10),
             || self.logs_contain(text),
         );
     }
@@ -318,7 +318,7 @@ impl Daemon {
         if let Some(addr) = self.admin {
             return addr;
         }
-        wait_for(Duration::from_secs(10), "the daemon to start", || {
+        eventually("the daemon to start", Duration::from_secs(10), || {
             self.logs_contain("\"started\"")
         });
         let line = self
@@ -362,9 +362,9 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().expect("wait for the daemon") {
                 self.exit = Some(status);
                 // Every line it wrote is captured once both streams reached their end.
-                wait_for(
-                    Duration::from_secs(10),
+                eventually(
                     "the daemon's output to end",
+                    Duration::from_secs(10),
                     || self.streams_done.load(Ordering::SeqCst) == 2,
                 );
                 return Some(status);
@@ -382,15 +382,126 @@ impl Drop for Daemon {
     }
 }
 
-/// Polls `check` every 10 ms until it holds, failing the test after `timeout`.
-pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+/// What one probe of [`eventually`] saw. `true`, `Some(value)` and `Ok(value)` end the wait
+/// (with the value); `false`, `None` and `Err(observation)` go on polling, and the last
+/// observation an `Err` carried is shown if the wait times out.
+pub trait Probe {
+    type Value;
+    fn settled(self) -> Result<Self::Value, Option<String>>;
+}
+
+impl Probe for bool {
+    type Value = ();
+    fn settled(self) -> Result<(), Option<String>> {
+        if self {
+            Ok(())
+        } else {
+            Err(None)
+        }
+    }
+}
+
+impl<T> Probe for Option<T> {
+    type Value = T;
+    fn settled(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: std::fmt::Display> Probe for Result<T, E> {
+    type Value = T;
+    fn settled(self) -> Result<T, Option<String>> {
+        self.map_err(|seen| Some(seen.to_string()))
+    }
+}
+
+/// How often [`eventually`] probes: cheap checks of files, logs, the stand-in or the daemon's
+/// loopback endpoints.
+pub const PROBE_EVERY: Duration = Duration::from_millis(10);
+/// How often [`eventually_async`] probes: requests to a real API server.
+pub const API_PROBE_EVERY: Duration = Duration::from_millis(100);
+
+/// One wait: what is awaited, for how long, and what was last seen.
+struct Waiting<'a> {
+    what: &'a str,
+    timeout: Duration,
+    start: Instant,
+    last_seen: Option<String>,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(what: &'a str, timeout: Duration) -> Waiting<'a> {
+        Waiting {
+            what,
+            timeout,
+            start: Instant::now(),
+            last_seen: None,
+        }
+    }
+
+    /// The value if the probe settled; fails the test if it did not and time is up.
+    fn settled<P: Probe>(&mut self, probe: P) -> Option<P::Value> {
+        match probe.settled() {
+            Ok(value) => Some(value),
+            Err(seen) => {
+                if seen.is_some() {
+                    self.last_seen = seen;
+                }
+                if self.start.elapsed() >= self.timeout {
+                    match &self.last_seen {
+                        Some(seen) => panic!(
+                            "timed out after {:?} waiting for {}; last seen: {seen}",
+                            self.timeout, self.what
+                        ),
+                        None => {
+                            panic!(
+                                "timed out after {:?} waiting for {}",
+                                self.timeout, self.what
+                            )
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Probes every [`PROBE_EVERY`] until `probe` settles (see [`Probe`]) and returns its value;
+/// fails the test after `timeout`, naming `what` was awaited and the last observation.
+pub fn eventually<P: Probe>(what: &str, timeout: Duration, probe: impl FnMut() -> P) -> P::Value {
+    eventually_every(what, timeout, PROBE_EVERY, probe)
+}
+
+/// [`eventually`], probing every `every` (for probes that cost more, such as running kubectl).
+pub fn eventually_every<P: Probe>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> P,
+) -> P::Value {
+    let mut waiting = Waiting::new(what, timeout);
+    loop {
+        if let Some(value) = waiting.settled(probe()) {
+            return value;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// [`eventually`] for an async probe, every [`API_PROBE_EVERY`], without blocking the runtime.
+pub async fn eventually_async<P, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> P::Value
+where
+    P: Probe,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = P>,
+{
+    let mut waiting = Waiting::new(what, timeout);
+    loop {
+        if let Some(value) = waiting.settled(probe().await) {
+            return value;
+        }
+        tokio::time::sleep(API_PROBE_EVERY).await;
     }
 }
 

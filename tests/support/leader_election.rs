@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use base64::prelude::{Engine, BASE64_STANDARD};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -16,8 +17,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::Value;
 
-use super::cluster::{Cluster, SECRET};
-use super::{Daemon, Fixture};
+use super::control_plane::{Cluster, SECRET};
+use super::{eventually, Daemon, Fixture};
 
 /// The annotation naming the process that wrote a Secret version.
 pub const WRITER_ANNOTATION: &str = "fiskil-token-refresher/writer";
@@ -333,7 +334,10 @@ impl Observed {
     /// A Secret's data key, decoded.
     pub fn data(&self, key: &str) -> Option<String> {
         let encoded = self.object["data"][key].as_str()?;
-        Some(String::from_utf8(base64_decode(encoded)).expect("UTF-8 data"))
+        let decoded = BASE64_STANDARD
+            .decode(encoded)
+            .unwrap_or_else(|e| panic!("Secret data {key} is not base64 ({e}): {encoded:?}"));
+        Some(String::from_utf8(decoded).expect("UTF-8 data"))
     }
 
     /// A Secret's `expires_at`, parsed.
@@ -356,43 +360,9 @@ impl Observed {
     }
 }
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 with padding, as Secret data is encoded.
 pub fn base64_encode(text: &str) -> String {
-    let mut out = String::new();
-    for chunk in text.as_bytes().chunks(3) {
-        let mut n = 0u32;
-        for (i, b) in chunk.iter().enumerate() {
-            n |= u32::from(*b) << (16 - 8 * i);
-        }
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(BASE64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> u32 {
-        BASE64
-            .iter()
-            .position(|b| *b == c)
-            .unwrap_or_else(|| panic!("not base64: {c}")) as u32
-    };
-    let mut out = Vec::new();
-    for chunk in text.trim_end_matches('=').as_bytes().chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= value(*c) << (18 - 6 * i);
-        }
-        out.extend(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    out
+    BASE64_STANDARD.encode(text)
 }
 
 /// A watch of one object by name, on its own thread and runtime so that the arrival times it
@@ -508,17 +478,9 @@ impl Watch {
         what: &str,
         check: impl Fn(&Observed) -> bool,
     ) -> Observed {
-        let start = Instant::now();
-        loop {
-            if let Some(found) = self.events().into_iter().skip(after).find(|e| check(e)) {
-                return found;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "timed out after {timeout:?} waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually(what, timeout, || {
+            self.events().into_iter().skip(after).find(|e| check(e))
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
-use support::{wait_for, Daemon, Fixture};
+use support::{eventually, Daemon, Fixture};
 
 /// The daemon's bounds, as src/serve.rs and src/reach/proxy.rs set them.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,7 +30,7 @@ fn listening(daemon: &Daemon, flag: &str) -> SocketAddr {
             .into_iter()
             .find(|l| l["message"] == "listening" && l["flag"] == flag)
     };
-    wait_for(Duration::from_secs(10), "the listener to start", || {
+    eventually("the listener to start", Duration::from_secs(10), || {
         find().is_some()
     });
     find().unwrap()["listen"].as_str().unwrap().parse().unwrap()
@@ -46,7 +46,7 @@ fn proxy_daemon(fixture: &Fixture, upstream: &str) -> (Daemon, SocketAddr) {
         upstream,
     ]);
     let proxy = listening(&daemon, "--proxy-listen");
-    wait_for(Duration::from_secs(20), "a token", || {
+    eventually("a token", Duration::from_secs(20), || {
         fixture.read_token().is_some()
     });
     (daemon, proxy)
@@ -350,16 +350,16 @@ fn health_probes_are_answered_while_500_connections_from_other_sources_churn() {
     let mut daemon = fixture.spawn(&["--token-listen", "127.0.0.1:0"]);
     let admin = daemon.admin();
     let token_endpoint = listening(&daemon, "--token-listen");
-    wait_for(Duration::from_secs(20), "a token", || {
+    eventually("a token", Duration::from_secs(20), || {
         fixture.read_token().is_some()
     });
     let stop = Arc::new(AtomicBool::new(false));
     let (mut churners, opened) = churn(admin, 500, Arc::clone(&stop));
     let (more, opened_too) = churn(token_endpoint, 200, Arc::clone(&stop));
     churners.extend(more);
-    wait_for(
-        Duration::from_secs(30),
+    eventually(
         "the floods to open 500 and 200",
+        Duration::from_secs(30),
         || opened.load(Ordering::Relaxed) >= 500 && opened_too.load(Ordering::Relaxed) >= 200,
     );
     std::thread::sleep(Duration::from_secs(2));
@@ -416,7 +416,7 @@ fn more_connections_than_descriptors_leave_the_token_file_and_healthz_working() 
     let proxy = listening(&daemon, "--proxy-listen");
     let token_endpoint = listening(&daemon, "--token-listen");
     let admin = daemon.admin();
-    wait_for(Duration::from_secs(20), "a token", || {
+    eventually("a token", Duration::from_secs(20), || {
         fixture.read_token().is_some()
     });
     let limit = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).unwrap();
@@ -441,9 +441,9 @@ fn more_connections_than_descriptors_leave_the_token_file_and_healthz_working() 
 
     let before = fixture.read_token();
     daemon.signal("HUP");
-    wait_for(
-        Duration::from_secs(20),
+    eventually(
         "the token file rewritten with a new token",
+        Duration::from_secs(20),
         || fixture.read_token() != before,
     );
     let answer = ask(

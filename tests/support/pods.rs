@@ -10,10 +10,15 @@ use std::time::{Duration, Instant, SystemTime};
 use fiskil_stand_in::StandIn;
 use serde_json::Value;
 
+use super::eventually_every;
+
 /// The image `up.sh` imports from the static binary, and the one for applications.
 pub const IMAGE_REPOSITORY: &str = "fiskil-token-refresher";
 pub const IMAGE_TAG: &str = "e2e";
 pub const BUSYBOX: &str = "busybox:e2e";
+
+/// How often waits on the node probe: most probes run kubectl.
+pub const NODE_PROBE_EVERY: Duration = Duration::from_millis(200);
 
 /// The running cluster and its node.
 pub struct Node {
@@ -176,9 +181,10 @@ impl Node {
                 "pod-security.kubernetes.io/warn=restricted",
             ]);
         }
-        eventually(
-            Duration::from_secs(60),
+        eventually_every(
             "the default ServiceAccount",
+            Duration::from_secs(60),
+            NODE_PROBE_EVERY,
             || {
                 self.try_kubectl(&["-n", &name, "get", "serviceaccount", "default"])
                     .is_ok()
@@ -282,8 +288,8 @@ impl Namespace<'_> {
         what: &str,
         ready: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let started = Instant::now();
+        eventually_every(what, timeout, Duration::from_millis(500), || {
             let pods = self.json(&["get", "pods", "-l", selector]);
             let items = pods["items"].as_array().cloned().unwrap_or_default();
             let live: Vec<_> = items
@@ -292,17 +298,19 @@ impl Namespace<'_> {
                 .collect();
             if let [pod] = live.as_slice() {
                 if ready(pod) {
-                    return pod.clone();
+                    return Ok(pod.clone());
                 }
             }
-            if Instant::now() > deadline {
+            // What the failure shows once the time is up: kubectl describe of the pods.
+            Err(if started.elapsed() >= timeout {
                 let describe = self
                     .try_kubectl(&["describe", "pods", "-l", selector])
                     .unwrap_or_else(|e| e);
-                panic!("timed out after {timeout:?} waiting for {what}\n{describe}");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+                format!("\n{describe}")
+            } else {
+                format!("{} live pods", live.len())
+            })
+        })
     }
 }
 
@@ -335,18 +343,6 @@ pub fn time_of(status: &Value, path: &[&str]) -> Option<SystemTime> {
 /// Whether container `name` in `pod` runs.
 pub fn running(pod: &Value, name: &str) -> bool {
     container_status(pod, name).is_some_and(|s| !s["state"]["running"].is_null())
-}
-
-/// Polls `check` every 200 ms until it holds; panics after `timeout`.
-pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Seconds from `earlier` to `later`, negative when `later` is before it.

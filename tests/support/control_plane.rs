@@ -12,7 +12,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
-use super::{Daemon, Fixture};
+use super::{eventually_async, Daemon, Fixture};
 
 /// The Secret the daemon writes in these tests.
 pub const SECRET: &str = "fiskil-token";
@@ -173,22 +173,6 @@ impl Cluster {
     }
 }
 
-/// Polls an async check every 100 ms until it holds.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 pub fn spawn_with_identity(
     fixture: &Fixture,
     kubeconfig: &Path,
@@ -225,7 +209,7 @@ impl Cluster {
             .arg(pid.to_string())
             .status()
             .unwrap();
-        super::wait_for(Duration::from_secs(20), "the API server to stop", || {
+        super::eventually("the API server to stop", Duration::from_secs(20), || {
             !Path::new(&format!("/proc/{pid}")).exists()
         });
         args
@@ -247,9 +231,9 @@ impl Cluster {
         std::fs::write(self.dir.join("kube-apiserver.pid"), child.id().to_string()).unwrap();
         std::thread::spawn(move || child.wait());
         let started = Instant::now();
-        eventually(
-            Duration::from_secs(60),
+        eventually_async(
             "the API server ready again",
+            Duration::from_secs(60),
             || async {
                 let readyz = hyper::Request::get("/readyz").body(Vec::new()).unwrap();
                 self.admin

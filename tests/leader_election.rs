@@ -6,7 +6,7 @@
 //! Secret; get, update and watch on the named Lease and create on Leases; create and patch on
 //! Events. What the tests assert about order comes from watch streams, which the API server
 //! orders by resourceVersion. Start the control plane first: `tests/cluster/up.sh DIR`, then
-//! `FISKIL_CLUSTER_DIR=DIR cargo test --test fleet -- --ignored --nocapture`.
+//! `FISKIL_CLUSTER_DIR=DIR cargo test --test leader_election -- --ignored --nocapture`.
 //!
 //! `FISKIL_FLEET_KILLS` (default 20) leaders are killed in the handover test, with a Lease of
 //! `FISKIL_FLEET_LEASE_SECONDS` (default 4); `FISKIL_FLEET_STEADY_SECONDS` (default 60) is the
@@ -25,12 +25,12 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{ListParams, PostParams};
 use kube::Api;
-use support::cluster::{eventually, Cluster, SECRET};
-use support::fleet::{
+use support::control_plane::{Cluster, SECRET};
+use support::leader_election::{
     check_secret_versions, lease_terms, lease_terms_with_edits, Fleet, Observed, Sampler, Watch,
     Writer,
 };
-use support::{wait_for, Daemon, Fixture};
+use support::{eventually, eventually_async, Daemon, Fixture};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -57,9 +57,9 @@ fn assert_clean(fixture: &Fixture, writers: &[&Writer]) {
 
 /// Waits until `writer` reports itself a follower of `leader` on /readyz.
 fn wait_following(writer: &mut Writer, leader: &str) {
-    wait_for(
-        Duration::from_secs(30),
+    eventually(
         &format!("{} to follow {leader}", writer.identity),
+        Duration::from_secs(30),
         || {
             let (_, ready) = writer.readyz();
             ready["role"] == "follower" && ready["leader"] == leader
@@ -160,9 +160,9 @@ async fn only_the_leader_exchanges_over_a_steady_minute() {
     // Followers never sent a request, so every request the stand-in saw is the leader's: its
     // own count reaches the stand-in's and never passes it.
     let seen = fixture.token_requests();
-    wait_for(
-        Duration::from_secs(10),
+    eventually(
         "the leader's count to reach the stand-in's",
+        Duration::from_secs(10),
         || chief.requests() >= seen as f64,
     );
     assert!(chief.requests() <= fixture.token_requests() as f64);
@@ -378,9 +378,9 @@ async fn fan_out_never_waits_for_a_forbidden_namespace_which_catches_up_when_gra
     let failures = format!(
         "fiskil_token_refresher_output_write_total{{output=\"{forbidden}\",result=\"error\"}}"
     );
-    wait_for(
-        Duration::from_secs(30),
+    eventually(
         "two failed writes to the forbidden target",
+        Duration::from_secs(30),
         || writer.sample(&failures).unwrap_or(0.0) >= 2.0,
     );
     assert!(
@@ -413,9 +413,9 @@ async fn fan_out_never_waits_for_a_forbidden_namespace_which_catches_up_when_gra
         "target 2 caught up {:?} after its Role appeared",
         caught.at - granted
     );
-    wait_for(
-        Duration::from_secs(20),
+    eventually(
         "/readyz 200 with every target written",
+        Duration::from_secs(20),
         || writer.readyz().0 == 200,
     );
     await_reason(&events, "SecretWriteRecovered", 1).await;
@@ -476,7 +476,7 @@ async fn events_mark_each_state_change_and_a_long_outage_makes_no_storm() {
                     ..ObjectMeta::default()
                 },
                 spec: Some(PodSpec {
-                    service_account_name: Some(support::fleet::WRITER_ACCOUNT.into()),
+                    service_account_name: Some(support::leader_election::WRITER_ACCOUNT.into()),
                     containers: vec![Container {
                         name: "refresher".into(),
                         image: Some("fiskil-token-refresher:never-pulled".into()),
@@ -573,9 +573,9 @@ async fn events_mark_each_state_change_and_a_long_outage_makes_no_storm() {
         .await
         .expect("take the Lease");
     await_reason(&events, "LeadershipLost", 1).await;
-    wait_for(
-        Duration::from_secs(20),
+    eventually(
         "the writer to follow the intruder",
+        Duration::from_secs(20),
         || {
             let (_, ready) = writer.readyz();
             ready["role"] == "follower" && ready["leader"] == "intruder"
@@ -819,6 +819,17 @@ fn lost_reason(writer: &Writer) -> Option<String> {
         .map(|l| l["reason"].as_str().unwrap_or_default().to_owned())
 }
 
+/// Waits until `writer`, a former leader, reports that it stepped down; returns the reason.
+fn stepped_down(writer: &Writer) -> String {
+    let reason = eventually(
+        &format!("{} to step down", writer.identity),
+        Duration::from_secs(20),
+        || lost_reason(writer),
+    );
+    eprintln!("{} stepped down: {reason}", writer.identity);
+    reason
+}
+
 #[tokio::test]
 #[ignore = "needs a control plane: tests/cluster/up.sh"]
 async fn a_lease_deleted_mid_term_ends_that_term_and_comes_back_in_a_higher_one() {
@@ -866,14 +877,7 @@ async fn a_lease_deleted_mid_term_ends_that_term_and_comes_back_in_a_higher_one(
         back.at - gone.at
     );
     settle(&lease, &secrets, &mut writers);
-    wait_for(
-        Duration::from_secs(20),
-        &format!("{holder} to step down"),
-        || lost_reason(&writers[at]).is_some(),
-    );
-    let reason = lost_reason(&writers[at]).unwrap();
-    eprintln!("{holder} stepped down: {reason}");
-    assert_eq!(reason, "the Lease was deleted");
+    assert_eq!(stepped_down(&writers[at]), "the Lease was deleted");
     check_history(&fixture, &fleet, &secrets, &lease, &[]);
     assert_clean(&fixture, &writers.iter().collect::<Vec<_>>());
 }
@@ -919,14 +923,10 @@ async fn a_holder_named_by_hand_takes_the_lease_only_as_a_new_term_and_the_old_l
         next.transitions()
     );
     settle(&lease, &secrets, &mut writers);
-    wait_for(
-        Duration::from_secs(20),
-        &format!("{holder} to step down"),
-        || lost_reason(&writers[at]).is_some(),
+    assert_eq!(
+        stepped_down(&writers[at]),
+        "another replica holds the Lease"
     );
-    let reason = lost_reason(&writers[at]).unwrap();
-    eprintln!("{holder} stepped down: {reason}");
-    assert_eq!(reason, "another replica holds the Lease");
     let named_writer = writers.iter().find(|w| w.identity == named).unwrap();
     assert!(named_writer
         .daemon
@@ -989,9 +989,9 @@ async fn a_lease_duration_shortened_by_hand_hands_no_live_leaders_lease_to_anoth
 
 /// Waits until the Events in `events` hold `times` occurrences (series counted) of `reason`.
 async fn await_reason(events: &Api<Event>, reason: &str, times: i32) {
-    eventually(
-        Duration::from_secs(40),
+    eventually_async(
         &format!("{times} {reason} Event(s)"),
+        Duration::from_secs(40),
         || async {
             let items = events.list(&ListParams::default()).await.unwrap().items;
             items
@@ -1014,15 +1014,15 @@ fn secret_version(rv: u64, token: &str, expires_in: i64, writer: &str, term: u64
         wall - Duration::from_secs(expires_in.unsigned_abs())
     })
     .to_string();
-    let b64 = support::fleet::base64_encode;
+    let b64 = support::leader_election::base64_encode;
     Observed {
         at: Instant::now(),
         wall,
         kind: "MODIFIED".into(),
         object: serde_json::json!({
             "metadata": {"resourceVersion": rv.to_string(), "annotations": {
-                support::fleet::WRITER_ANNOTATION: writer,
-                support::fleet::TERM_ANNOTATION: term.to_string(),
+                support::leader_election::WRITER_ANNOTATION: writer,
+                support::leader_election::TERM_ANNOTATION: term.to_string(),
             }},
             "data": {"token": b64(token), "expires_at": b64(&expires)},
         }),

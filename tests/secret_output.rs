@@ -1,6 +1,6 @@
 //! The Secret output against a real kube-apiserver and etcd with RBAC on: the daemon runs as a
 //! ServiceAccount holding only the documented Role. Start the control plane first:
-//! `tests/cluster/up.sh DIR`, then `FISKIL_CLUSTER_DIR=DIR cargo test --test cluster -- --ignored`.
+//! `tests/cluster/up.sh DIR`, then `FISKIL_CLUSTER_DIR=DIR cargo test --test secret_output -- --ignored`.
 
 mod support;
 
@@ -13,8 +13,8 @@ use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
-use support::cluster::{eventually, spawn_with_identity, Cluster, SECRET};
-use support::{wait_for, Fixture};
+use support::control_plane::{spawn_with_identity, Cluster, SECRET};
+use support::{eventually, eventually_async, Fixture};
 
 /// Tests share one control plane; the one that restarts the API server runs alone.
 static CONTROL_PLANE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
@@ -30,9 +30,9 @@ async fn creates_and_updates_the_secret_and_keeps_other_keys() {
         .await;
     let mut daemon = spawn_with_identity(&fixture, &kubeconfig, &namespace, &[]);
 
-    eventually(
-        Duration::from_secs(15),
+    eventually_async(
         "the Secret with the first token",
+        Duration::from_secs(15),
         || async {
             let first = fixture.stand_in.issued().first().cloned();
             first.is_some() && cluster.token_in_secret(&namespace).await == first
@@ -80,9 +80,9 @@ async fn creates_and_updates_the_secret_and_keeps_other_keys() {
         .expect("another client adds a key");
 
     let before = fixture.stand_in.issued().len();
-    eventually(
-        Duration::from_secs(15),
+    eventually_async(
         "two more refreshes in the Secret",
+        Duration::from_secs(15),
         || async {
             let issued = fixture.stand_in.issued();
             issued.len() >= before + 2
@@ -131,14 +131,14 @@ async fn a_missing_role_is_reported_and_never_blocks_the_file() {
     cluster.revoke(&namespace).await;
     let daemon = spawn_with_identity(&fixture, &kubeconfig, &namespace, &["--backoff-max", "2s"]);
 
-    wait_for(Duration::from_secs(10), "the actionable 403", || {
+    eventually("the actionable 403", Duration::from_secs(10), || {
         daemon.logs_contain("forbidden to apply Secret")
             && daemon.logs_contain("resourceNames [\\\"fiskil-token\\\"]")
     });
     let before = fixture.stand_in.issued().len();
-    wait_for(
-        Duration::from_secs(10),
+    eventually(
         "the file refreshing regardless",
+        Duration::from_secs(10),
         || {
             let issued = fixture.stand_in.issued();
             issued.len() >= before + 2 && fixture.read_token() == issued.last().cloned()
@@ -148,7 +148,7 @@ async fn a_missing_role_is_reported_and_never_blocks_the_file() {
 
     cluster.grant(&namespace).await;
     let granted = Instant::now();
-    eventually(Duration::from_secs(8), "the Secret catching up", || async {
+    eventually_async("the Secret catching up", Duration::from_secs(8), || async {
         cluster
             .token_in_secret(&namespace)
             .await
@@ -270,18 +270,18 @@ async fn the_file_keeps_refreshing_while_the_api_server_is_down() {
         &namespace,
         &["--backoff-max", "3s", "--request-timeout", "2s"],
     );
-    eventually(
-        Duration::from_secs(15),
+    eventually_async(
         "the first token in the Secret",
+        Duration::from_secs(15),
         || async { cluster.token_in_secret(&namespace).await.is_some() },
     )
     .await;
 
     let apiserver = cluster.stop_apiserver();
     let before = fixture.stand_in.issued().len();
-    wait_for(
-        Duration::from_secs(10),
+    eventually(
         "three refreshes of the file during the outage",
+        Duration::from_secs(10),
         || {
             let issued = fixture.stand_in.issued();
             issued.len() >= before + 3 && fixture.read_token() == issued.last().cloned()
@@ -294,9 +294,9 @@ async fn the_file_keeps_refreshing_while_the_api_server_is_down() {
     );
     let restarted = Instant::now();
     let serving = cluster.start_apiserver(&apiserver).await;
-    eventually(
-        backoff_max + Duration::from_secs(5),
+    eventually_async(
         "the Secret holding a current token",
+        backoff_max + Duration::from_secs(5),
         || async {
             let issued = fixture.stand_in.issued();
             let current = &issued[issued.len().saturating_sub(2)..];
