@@ -65,7 +65,7 @@ fn readiness_fails_from_the_moment_shutdown_begins() {
 fn a_second_stop_signal_abandons_the_drain_and_exits_one() {
     let (_fixture, _api, mut daemon) = daemon_with_a_hanging_apply("shutdown-abort");
     daemon.signal("TERM");
-    wait_for(Duration::from_secs(10), "the stopping log line", || {
+    eventually("the stopping log line", Duration::from_secs(10), || {
         daemon.logs_contain("\"stopping\"")
     });
     daemon.signal("TERM");
