@@ -1,7 +1,8 @@
 //! An in-process Kubernetes API server for tests: a `kube::Client` whose requests are answered
 //! by a small object store (get, create, replace with resourceVersion checks, server-side apply,
 //! watches that end at once), with every request recorded at its paused-clock time, and faults a
-//! test can switch on (an error status for every request, or requests never answered).
+//! test can switch on (an error status for every request, requests never answered, or a lost
+//! connection).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +21,8 @@ pub(crate) enum Fault {
     Refuse(u16, &'static str),
     /// Never answers: the request stays on the wire.
     Hang,
+    /// Fails the request below HTTP, as a dropped connection does.
+    Reset,
 }
 
 /// One request as the server received it.
@@ -30,6 +33,7 @@ pub(crate) struct Call {
     pub(crate) method: Method,
     pub(crate) path: String,
     pub(crate) query: String,
+    pub(crate) content_type: Option<String>,
     /// The request body as JSON, if it had one.
     pub(crate) body: Option<Value>,
     /// The status answered; `None` while held unanswered.
@@ -125,6 +129,11 @@ impl MockApi {
             method: parts.method.clone(),
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().unwrap_or_default().to_owned(),
+            content_type: parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             body: serde_json::from_slice(&bytes).ok(),
             status: None,
             answer: None,
@@ -134,6 +143,11 @@ impl MockApi {
             Some(Fault::Hang) => {
                 state.calls.push(call);
                 state.held.push(send);
+                return;
+            }
+            Some(Fault::Reset) => {
+                state.calls.push(call);
+                send.send_error("connection reset by the mock API server");
                 return;
             }
             Some(Fault::Refuse(code, reason)) => (code, refusal(code, reason)),

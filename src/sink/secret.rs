@@ -369,3 +369,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "secret_api_tests.rs"]
+mod api_tests;
