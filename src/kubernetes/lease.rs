@@ -814,3 +814,7 @@ mod tests {
         assert!(!holds(&other, &term), "released");
     }
 }
+
+#[cfg(test)]
+#[path = "lease_protocol_tests.rs"]
+mod protocol_tests;

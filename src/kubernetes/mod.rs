@@ -4,3 +4,5 @@
 pub(crate) mod client;
 pub(crate) mod events;
 pub(crate) mod lease;
+#[cfg(test)]
+pub(crate) mod mock_api;

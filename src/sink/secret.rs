@@ -372,3 +372,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "secret_api_tests.rs"]
+mod api_tests;
