@@ -518,10 +518,11 @@ mod tests {
         symlink("..data/client_id", dir.join("client_id")).unwrap();
         symlink("..data/client_secret", dir.join("client_secret")).unwrap();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         // Swaps generations the way kubelet does: a new directory, a new ..data symlink renamed
         // over the old one, then the old directory removed.
         let swapper = {
-            let (dir, stop) = (dir.clone(), Arc::clone(&stop));
+            let (dir, stop, swapped) = (dir.clone(), Arc::clone(&stop), Arc::clone(&swapped));
             std::thread::spawn(move || {
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -533,14 +534,21 @@ mod tests {
                     symlink(format!("..gen_{n}"), dir.join("..data_tmp")).unwrap();
                     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
                     std::fs::remove_dir_all(dir.join(format!("..gen_{}", n - 1))).unwrap();
+                    swapped.store(n, std::sync::atomic::Ordering::Relaxed);
                 }
                 n
             })
         };
         let sources = file_sources(&dir);
         let mut loads = 0;
+        // Enough interleavings to matter, however slow the machine: 200 loads while at least
+        // 200 swaps happen; the time limit only stops a test that cannot make progress.
         let started = std::time::Instant::now();
-        while started.elapsed() < Duration::from_secs(2) {
+        while loads < 200 || swapped.load(std::sync::atomic::Ordering::Relaxed) < 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{loads} loads in 120 s"
+            );
             if let Ok(creds) = sources.load() {
                 let id = creds
                     .client_id
@@ -561,7 +569,7 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let swaps = swapper.join().unwrap();
-        assert!(loads > 100 && swaps > 100, "{loads} loads, {swaps} swaps");
+        assert!(loads >= 200 && swaps >= 200, "{loads} loads, {swaps} swaps");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -116,7 +116,7 @@ impl Replica {
             lease_namespace: Some("team".to_owned()),
             lease_duration: Duration::from_secs(15),
         }
-        .election()
+        .settings()
         .unwrap()
         .unwrap();
         let leadership = Leadership::elected(election.duration, election.renew_deadline);
