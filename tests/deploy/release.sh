@@ -80,7 +80,8 @@ digest="${image#*@}"
 chart_digest="${chart#*@}"
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
 chart_version="$(sed -n 's/^version: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "${CHART_DIR}/Chart.yaml")"
-commit="$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print([d["digest"]["gitCommit"] for d in m["buildDefinition"]["resolvedDependencies"] if "gitCommit" in d.get("digest", {})][0])' "${work}/out/provenance.json")"
+# The commit the binary says it was built from: the provenance must name it.
+commit="$("${binary}" --version | sed -n 's/.*(commit \([0-9a-f]*\), .*/\1/p')"
 deploy_log "image ${image}"
 deploy_log "chart ${chart}"
 

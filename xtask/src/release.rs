@@ -13,8 +13,9 @@
 //! Everything is addressed by digest; tags only name what was pushed. The tools come from the
 //! environment (`CRANE`, `COSIGN`, `HELM`, else `crane`, `cosign`, `helm` on `PATH`); the key's
 //! password from `COSIGN_PASSWORD`, as cosign reads it. Key-pair signing with no transparency
-//! log (`--tlog-upload=false`): the keyless (OIDC identity + Rekor) variant needs the public
-//! Sigstore services, see the README's "Releases".
+//! log (`--tlog-upload=false`, which cosign v3 still honours but calls deprecated in favour of a
+//! signing config without transparency log services): the keyless (OIDC identity + Rekor)
+//! variant needs the public Sigstore services, see the README's "Releases".
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
