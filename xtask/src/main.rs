@@ -5,10 +5,14 @@
 //!   cargo xtask image --out DIR [--binary PATH] [--name REF]
 //!                                     OCI image layout of the image the Dockerfile describes,
 //!                                     made from the static binary, reproducibly; SBOM attached
+//!   cargo xtask release --registry HOST:PORT --key FILE [--binary PATH] [--out DIR]
+//!                                     push the image and the chart by digest, sign both with
+//!                                     cosign, attest the image's SBOM and provenance
 //!
-//! Both are reproducible: timestamps come from `SOURCE_DATE_EPOCH`, else the commit time of HEAD.
+//! `sbom` and `image` are reproducible: timestamps come from `SOURCE_DATE_EPOCH`, else the commit time of HEAD.
 
 mod image;
+mod release;
 mod sbom;
 mod sha256;
 mod tar;
@@ -27,12 +31,19 @@ pub const STATIC_BINARY: &str =
 const USAGE: &str = "usage:
   cargo xtask sbom --out FILE
   cargo xtask image --out DIR [--binary PATH] [--name REF]
+  cargo xtask release --registry HOST:PORT --key FILE [--binary PATH] [--out DIR]
 
 sbom   writes a CycloneDX 1.5 JSON SBOM of the crates compiled into the binary ({TARGET})
 image  writes an OCI image layout (DIR/oci-layout, DIR/index.json, DIR/blobs) of the image the
        Dockerfile's runtime stage describes, from the static binary (default {STATIC_BINARY},
        built by tests/deploy/static-binary.sh), with the SBOM attached as an OCI referrer;
-       prints the image manifest's digest. --name adds a containerd image name to index.json.";
+       prints the image manifest's digest. --name adds a containerd image name to index.json.
+release  makes that image, pushes it to HOST:PORT/fiskil-token-refresher:VERSION (and the SBOM
+       referrer) and the chart to oci://HOST:PORT/charts (helm push --plain-http), signs both
+       digests with the cosign key FILE (password in COSIGN_PASSWORD, no transparency log),
+       attests the image with the SBOM (cyclonedx) and a SLSA v1 provenance (slsaprovenance1);
+       tools from $CRANE, $COSIGN, $HELM (else PATH); leaves everything it made in DIR
+       (default {RELEASE_OUT}) with release.json; prints the image and chart references.";
 
 /// Run a program in the workspace root and return its standard output.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
@@ -117,6 +128,7 @@ fn cli(args: &[String]) -> Result<()> {
         USAGE
             .replace("{TARGET}", TARGET)
             .replace("{STATIC_BINARY}", STATIC_BINARY)
+            .replace("{RELEASE_OUT}", &release::default_out().to_string_lossy())
     };
     let Some((command, rest)) = args.split_first() else {
         return Err(usage().into());
@@ -132,6 +144,7 @@ fn cli(args: &[String]) -> Result<()> {
     let allowed: &[&str] = match command.as_str() {
         "sbom" => &["--out"],
         "image" => &["--out", "--binary", "--name"],
+        "release" => &["--registry", "--key", "--binary", "--out"],
         "-h" | "--help" | "help" => {
             println!("{}", usage());
             return Ok(());
@@ -141,9 +154,29 @@ fn cli(args: &[String]) -> Result<()> {
     if let Some(flag) = options.keys().find(|f| !allowed.contains(f)) {
         return Err(format!("{command} does not take {flag}\n{}", usage()).into());
     }
-    let out = *options
-        .get("--out")
-        .ok_or_else(|| format!("{command} needs --out\n{}", usage()))?;
+    let need = |flag: &str| {
+        options
+            .get(flag)
+            .copied()
+            .ok_or_else(|| format!("{command} needs {flag}\n{}", usage()))
+    };
+    let binary = options.get("--binary").copied().unwrap_or(STATIC_BINARY);
+    if command == "release" {
+        let out = options
+            .get("--out")
+            .map_or_else(release::default_out, PathBuf::from);
+        let released = release::release(&release::Options {
+            registry: need("--registry")?,
+            key: Path::new(need("--key")?),
+            binary: Path::new(binary),
+            out: &out,
+        })?;
+        println!("image {}", released.image);
+        println!("sbom-referrer {}", released.sbom_referrer);
+        println!("chart {}", released.chart);
+        return Ok(());
+    }
+    let out = need("--out")?;
     match command.as_str() {
         "sbom" => {
             let doc = sbom::document()?;
@@ -154,7 +187,6 @@ fn cli(args: &[String]) -> Result<()> {
             );
         }
         _ => {
-            let binary = options.get("--binary").copied().unwrap_or(STATIC_BINARY);
             let digest = image::build(
                 Path::new(out),
                 Path::new(binary),
