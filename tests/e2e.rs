@@ -12,8 +12,8 @@ use fiskil_stand_in::{Behaviour, StandIn};
 use serde_json::Value;
 use support::eventually_every;
 use support::pods::{
-    container_status, running, seconds_between, time_of, Namespace, Node, BUSYBOX,
-    IMAGE_REPOSITORY, IMAGE_TAG, NODE_PROBE_EVERY,
+    chart_version, container_status, running, seconds_between, time_of, Namespace, Node, BUSYBOX,
+    NODE_PROBE_EVERY,
 };
 
 const TOKEN_FILE: &str = "/var/run/fiskil/token";
@@ -23,16 +23,16 @@ const CREDENTIALS: &str = "fiskil-api";
 const CA: &str = "stand-in-ca";
 const POD_START: Duration = Duration::from_secs(180);
 
-/// Chart flags shared by every install: the imported image, the stand-in and its CA, the
-/// credentials Secret.
+/// Chart flags shared by every install: the released image by digest, the stand-in and its CA,
+/// the credentials Secret.
 fn chart_flags(node: &Node, stand_in: &StandIn) -> Vec<String> {
     let url = stand_in
         .url()
         .replace("localhost", &node.host_ip.to_string());
     vec![
-        format!("--set=image.repository={IMAGE_REPOSITORY}"),
-        format!("--set=image.tag={IMAGE_TAG}"),
-        "--set=image.pullPolicy=Never".into(),
+        format!("--set=image.repository={}", node.release.repository()),
+        format!("--set=image.digest={}", node.release.digest()),
+        "--set=image.pullPolicy=IfNotPresent".into(),
         format!("--set=tokenUrl={url}"),
         format!("--set=ca.configMap={CA}"),
         format!("--set=credentials.existingSecret={CREDENTIALS}"),
@@ -154,6 +154,13 @@ fn the_sidecar_starts_first_and_the_app_reads_each_token_through_fs_group() {
     // (timestamped by the runtime as they are written).
     let sidecar = container_status(&pod, "token-refresher").expect("sidecar status");
     let app = container_status(&pod, "app").expect("app status");
+    // containerd pulled the released image from the registry by its digest.
+    let image_id = sidecar["imageID"].as_str().expect("imageID");
+    assert!(
+        image_id.ends_with(&format!("@{}", node.release.digest())),
+        "the sidecar runs {image_id}, not the release {}",
+        node.release.image
+    );
     let sidecar_started =
         time_of(sidecar, &["state", "running", "startedAt"]).expect("sidecar start");
     let app_started = time_of(app, &["state", "running", "startedAt"]).expect("app start");
@@ -210,6 +217,43 @@ fn the_sidecar_starts_first_and_the_app_reads_each_token_through_fs_group() {
         seconds_between(first_request, app_first_log),
         seconds_between(sidecar_started, app_started),
     );
+}
+
+#[test]
+#[ignore = "needs a cluster node: FISKIL_CLUSTER_NODE=1 tests/cluster/up.sh DIR, then FISKIL_CLUSTER_DIR=DIR"]
+fn the_chart_helm_installs_by_version_is_the_signed_release() {
+    let node = Node::connect();
+    let dir = scratch_dir(&node, "chart-pull");
+    let version = chart_version();
+    let (_, said) = node.helm_said(&[
+        "pull",
+        &node.release.chart,
+        "--version",
+        &version,
+        "--plain-http",
+        "-d",
+        dir.to_str().expect("path"),
+    ]);
+    // helm reports "Digest: sha256:…" of the manifest it pulled; up.sh verified that digest's
+    // signature with cosign before any test ran.
+    let digest = said
+        .lines()
+        .find_map(|l| l.strip_prefix("Digest: "))
+        .map(str::trim);
+    std::fs::remove_dir_all(&dir).expect("remove the pulled chart");
+    assert_eq!(
+        digest,
+        Some(node.release.chart_digest.as_str()),
+        "helm pull said: {said}"
+    );
+}
+
+/// A fresh directory under the cluster's directory.
+fn scratch_dir(node: &Node, name: &str) -> std::path::PathBuf {
+    let dir = node.dir.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("make a directory");
+    dir
 }
 
 #[test]

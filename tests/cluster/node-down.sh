@@ -175,6 +175,7 @@ stop_node() {
     stop kubelet
     node_remove_containers
     stop containerd
+    stop crane
     node_kill_shims
     node_unmount
     node_remove_network

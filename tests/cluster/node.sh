@@ -137,6 +137,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = false
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      config_path = "${c}/certs.d"
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "/usr/lib/cni"
       conf_dir = "${node}/cni/net.d"
@@ -166,6 +168,14 @@ EOF_TOML
   ]
 }
 EOF_CNI
+    # The release registry on loopback speaks plain HTTP.
+    mkdir -p "${c}/certs.d/${NODE_REGISTRY}"
+    cat >"${c}/certs.d/${NODE_REGISTRY}/hosts.toml" <<EOF_HOSTS
+server = "http://${NODE_REGISTRY}"
+
+[host."http://${NODE_REGISTRY}"]
+  capabilities = ["pull", "resolve"]
+EOF_HOSTS
     PATH="${NODE_PATH}" start_daemon containerd containerd --config "${c}/config.toml" --log-level warn
     local rc=0
     wait_until containerd 60 containerd_answers || rc=$?
@@ -183,40 +193,88 @@ ctr_node() {
 
 # --------------------------------------------------------------- images ---
 NODE_PAUSE_IMAGE="registry.k8s.io/pause:fiskil-e2e"
-NODE_APP_IMAGE="docker.io/library/fiskil-token-refresher:e2e"
 NODE_BUSYBOX_IMAGE="docker.io/library/busybox:e2e"
+NODE_REPO="$(cd "${here}/../.." && pwd)"
 
 # The static musl binary the Dockerfile's runtime stage ships
 # (tests/deploy/static-binary.sh builds it exactly as the builder stage does).
 node_static_binary() {
-    local repo binary
-    repo="$(cd "${here}/../.." && pwd)"
-    binary="${FISKIL_CLUSTER_IMAGE_BINARY:-${repo}/target/static-musl/x86_64-unknown-linux-musl/release/fiskil-token-refresher}"
+    local binary
+    binary="${FISKIL_CLUSTER_IMAGE_BINARY:-${NODE_REPO}/target/static-musl/x86_64-unknown-linux-musl/release/fiskil-token-refresher}"
     if [[ ! -x ${binary} && -z ${FISKIL_CLUSTER_IMAGE_BINARY:-} ]]; then
         cluster_log "building the static binary for the image (tests/deploy/static-binary.sh)"
-        "${repo}/tests/deploy/static-binary.sh" >&2 || cluster_die "tests/deploy/static-binary.sh failed"
+        "${NODE_REPO}/tests/deploy/static-binary.sh" >&2 || cluster_die "tests/deploy/static-binary.sh failed"
     fi
     [[ -x ${binary} ]] || cluster_die "no static binary at ${binary} (set FISKIL_CLUSTER_IMAGE_BINARY, or make tests/deploy/static-binary.sh able to build it)"
     printf '%s\n' "${binary}"
 }
 
 node_import_images() {
-    local images="${DIR}/node/images" binary
+    local images="${DIR}/node/images"
     rm -rf "${images}"
     mkdir -p "${images}"
-    binary="$(node_static_binary)"
-    python3 "${here}/oci_image.py" refresher --dockerfile "${here}/../../Dockerfile" \
-        --binary "${binary}" --name "${NODE_APP_IMAGE}" --out "${images}/refresher.tar"
     python3 "${here}/oci_image.py" busybox --binary "$(command -v busybox)" \
         --name "${NODE_BUSYBOX_IMAGE}" --out "${images}/busybox.tar"
     python3 "${here}/oci_image.py" pause --binary "${PAUSE_BIN}" \
         --name "${NODE_PAUSE_IMAGE}" --out "${images}/pause.tar"
     local tar
-    for tar in pause busybox refresher; do
+    for tar in pause busybox; do
         ctr_node images import --snapshotter overlayfs "${images}/${tar}.tar" >&2 ||
             node_fail containerd "ctr images import ${tar}.tar failed"
     done
     rm -rf "${images}"
+}
+
+# ------------------------------------------------------------ registry ---
+# The product reaches the node the way it reaches a user's cluster: released into an OCI
+# registry (crane registry serve on 127.0.0.1) by `cargo xtask release`, signed, verified with
+# cosign, and pulled by containerd by digest. The e2e suite installs the chart from the same
+# registry (DIR/node/release/released names the image and the chart).
+node_start_registry() {
+    local crane port="" i
+    crane="$("${NODE_REPO}/tests/deploy/go-tool.sh" crane)" || cluster_die "tests/deploy/go-tool.sh crane failed"
+    start_daemon crane "${crane}" registry serve --address 127.0.0.1:0
+    for ((i = 0; i < 100; i++)); do
+        port="$(sed -n 's/.*serving on port \([0-9][0-9]*\).*/\1/p' "${DIR}/crane.log" | head -n 1)"
+        [[ -n ${port} ]] && break
+        daemon_alive crane || break
+        sleep 0.1
+    done
+    [[ -n ${port} ]] || node_fail crane "crane registry serve did not start"
+    NODE_REGISTRY="127.0.0.1:${port}"
+}
+
+# node_release: cargo xtask release into the registry with a key pair made here, then cosign
+# verify of the image and the chart with the public key, as a user checks before installing.
+node_release() {
+    local out="${DIR}/node/release" binary cosign
+    binary="$(node_static_binary)"
+    mkdir -p "${out}/docker"
+    CRANE="$("${NODE_REPO}/tests/deploy/go-tool.sh" crane)" || cluster_die "tests/deploy/go-tool.sh crane failed"
+    COSIGN="$("${NODE_REPO}/tests/deploy/go-tool.sh" cosign)" || cluster_die "tests/deploy/go-tool.sh cosign failed"
+    HELM="$("${NODE_REPO}/tests/deploy/helm.sh")" || cluster_die "tests/deploy/helm.sh failed"
+    cosign="${COSIGN}"
+    (
+        export CRANE COSIGN HELM COSIGN_PASSWORD="" DOCKER_CONFIG="${out}/docker" \
+            TUF_ROOT="${out}/tuf" SIGSTORE_NO_CACHE=true HELM_CACHE_HOME="${out}/helm/cache" \
+            HELM_CONFIG_HOME="${out}/helm/config" HELM_DATA_HOME="${out}/helm/data" \
+            HELM_REGISTRY_CONFIG="${out}/helm/registry.json"
+        cd "${out}"
+        "${cosign}" generate-key-pair --output-key-prefix release >/dev/null 2>&1
+        cd "${NODE_REPO}"
+        cargo xtask release --registry "${NODE_REGISTRY}" --key "${out}/release.key" \
+            --binary "${binary}" --out "${out}/artifacts" >"${out}/released" 2>"${out}/release.log"
+        image="$(awk '$1 == "image" { print $2 }' "${out}/released")"
+        chart="$(awk '$1 == "chart" { print $2 }' "${out}/released")"
+        for ref in "${image}" "${chart}"; do
+            "${cosign}" verify --key "${out}/release.pub" --insecure-ignore-tlog=true \
+                --allow-http-registry=true "${ref}" >>"${out}/verify.log" 2>&1
+        done
+    ) || {
+        tail -n 20 "${out}/release.log" "${out}/verify.log" >&2 2>/dev/null || true
+        node_fail crane "cargo xtask release into ${NODE_REGISTRY}, or cosign verify of it, failed"
+    }
+    cluster_log "released and verified: $(awk '$1 == "image" || $1 == "chart" { printf "%s ", $2 }' "${out}/released")"
 }
 
 # ------------------------------------------------------------- kubelet ---
@@ -336,8 +394,10 @@ start_node() {
     node_make_cgroups
     node_make_bridge
     node_write_firewall_stub
+    node_start_registry
     node_start_containerd
     node_import_images
+    node_release
     node_start_controllers
     node_start_kubelet
 
@@ -354,6 +414,7 @@ start_node() {
     echo "${NODE_HOST_IP}" >"${DIR}/host-ip"
     cat >>"${DIR}/cluster.env" <<EOF_ENV
 FISKIL_CLUSTER_NODE_NAME=${NODE_NAME}
+FISKIL_CLUSTER_REGISTRY=${NODE_REGISTRY}
 FISKIL_CLUSTER_HOST_IP=${NODE_HOST_IP}
 FISKIL_CLUSTER_POD_SUBNET=${NODE_POD_SUBNET}
 FISKIL_CLUSTER_KUBELET_PORT=${KUBELET_PORT}

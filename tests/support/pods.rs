@@ -12,10 +12,31 @@ use serde_json::Value;
 
 use super::eventually_every;
 
-/// The image `up.sh` imports from the static binary, and the one for applications.
-pub const IMAGE_REPOSITORY: &str = "fiskil-token-refresher";
-pub const IMAGE_TAG: &str = "e2e";
+/// The image `up.sh` imports for applications.
 pub const BUSYBOX: &str = "busybox:e2e";
+
+/// What `up.sh` released into the node's registry with `cargo xtask release` and verified with
+/// cosign (DIR/node/release/released).
+pub struct Release {
+    /// The image by digest: `127.0.0.1:PORT/fiskil-token-refresher@sha256:…`.
+    pub image: String,
+    /// The chart as `helm install` takes it: `oci://127.0.0.1:PORT/charts/fiskil-token-refresher`.
+    pub chart: String,
+    /// The chart's digest in the registry.
+    pub chart_digest: String,
+}
+
+impl Release {
+    /// The image's repository, without the digest.
+    pub fn repository(&self) -> &str {
+        self.image.split_once('@').expect("image@digest").0
+    }
+
+    /// The image's digest, `sha256:…`.
+    pub fn digest(&self) -> &str {
+        self.image.split_once('@').expect("image@digest").1
+    }
+}
 
 /// How often waits on the node probe: most probes run kubectl.
 pub const NODE_PROBE_EVERY: Duration = Duration::from_millis(200);
@@ -27,6 +48,7 @@ pub struct Node {
     /// The host's address on the pod network.
     pub host_ip: IpAddr,
     pub apiserver_port: u16,
+    pub release: Release,
     kubectl: PathBuf,
     helm: PathBuf,
 }
@@ -43,6 +65,19 @@ fn tool(script: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("run tests/deploy/{script}: {e}"));
     assert!(out.status.success(), "tests/deploy/{script} failed");
     PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim())
+}
+
+/// The chart's version in `Chart.yaml`: what `cargo xtask release` pushed.
+pub fn chart_version() -> String {
+    let chart = std::fs::read_to_string(repo().join("charts/fiskil-token-refresher/Chart.yaml"))
+        .expect("read Chart.yaml");
+    chart
+        .lines()
+        .find_map(|l| l.strip_prefix("version:"))
+        .expect("version in Chart.yaml")
+        .trim()
+        .trim_matches('"')
+        .to_owned()
 }
 
 fn read_trimmed(path: &Path) -> String {
@@ -68,7 +103,24 @@ impl Node {
             .find_map(|l| l.strip_prefix("FISKIL_CLUSTER_APISERVER_PORT="))
             .and_then(|p| p.parse().ok())
             .expect("FISKIL_CLUSTER_APISERVER_PORT in cluster.env");
+        let released = read_trimmed(&dir.join("node/release/released"));
+        let field = |name: &str| {
+            released
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {name} in node/release/released: {released}"))
+                .to_owned()
+        };
+        let (chart, chart_digest) = field("chart")
+            .split_once('@')
+            .map(|(c, d)| (format!("oci://{c}"), d.to_owned()))
+            .expect("chart@digest");
         Node {
+            release: Release {
+                image: field("image"),
+                chart,
+                chart_digest,
+            },
             name: read_trimmed(&dir.join("node-name")),
             host_ip: read_trimmed(&dir.join("host-ip")).parse().expect("host-ip"),
             apiserver_port,
@@ -157,14 +209,20 @@ impl Node {
     }
 
     pub fn helm(&self, args: &[&str]) -> String {
+        self.helm_said(args).0
+    }
+
+    /// helm ARGS, which must succeed: its stdout and its stderr (where `helm pull` reports
+    /// the digest it pulled).
+    pub fn helm_said(&self, args: &[&str]) -> (String, String) {
         let out = self.command(&self.helm, args).output().expect("run helm");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
             out.status.success(),
-            "helm {}: {}",
+            "helm {}: {stderr}",
             args.first().unwrap_or(&""),
-            String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
     }
 
     /// A fresh namespace (deleted when the guard drops); with `restricted`, the restricted Pod
@@ -265,14 +323,18 @@ impl Namespace<'_> {
         );
     }
 
-    /// `helm install RELEASE charts/fiskil-token-refresher` with these flags (`--set=K=V`,
+    /// `helm install RELEASE oci://REGISTRY/charts/fiskil-token-refresher --version V`, the
+    /// chart as released into the node's registry, with these flags (`--set=K=V`,
     /// `--set-string=K=V`).
     pub fn helm_install(&self, release: &str, flags: &[String]) {
-        let chart = repo().join("charts/fiskil-token-refresher");
+        let version = chart_version();
         let mut args = vec![
             "install",
             release,
-            chart.to_str().expect("path"),
+            &self.node.release.chart,
+            "--version",
+            &version,
+            "--plain-http",
             "-n",
             &self.name,
         ];
