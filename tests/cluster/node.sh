@@ -259,16 +259,19 @@ node_release() {
             TUF_ROOT="${out}/tuf" SIGSTORE_NO_CACHE=true HELM_CACHE_HOME="${out}/helm/cache" \
             HELM_CONFIG_HOME="${out}/helm/config" HELM_DATA_HOME="${out}/helm/data" \
             HELM_REGISTRY_CONFIG="${out}/helm/registry.json"
-        cd "${out}"
-        "${cosign}" generate-key-pair --output-key-prefix release >/dev/null 2>&1
-        cd "${NODE_REPO}"
+        # errexit does not apply in a subshell on the left of ||: each step checks itself.
+        cd "${out}" || exit 1
+        "${cosign}" generate-key-pair --output-key-prefix release >/dev/null 2>&1 || exit 1
+        cd "${NODE_REPO}" || exit 1
         cargo xtask release --registry "${NODE_REGISTRY}" --key "${out}/release.key" \
-            --binary "${binary}" --out "${out}/artifacts" >"${out}/released" 2>"${out}/release.log"
+            --binary "${binary}" --out "${out}/artifacts" >"${out}/released" 2>"${out}/release.log" ||
+            exit 1
         image="$(awk '$1 == "image" { print $2 }' "${out}/released")"
         chart="$(awk '$1 == "chart" { print $2 }' "${out}/released")"
+        [[ -n ${image} && -n ${chart} ]] || exit 1
         for ref in "${image}" "${chart}"; do
             "${cosign}" verify --key "${out}/release.pub" --insecure-ignore-tlog=true \
-                --allow-http-registry=true "${ref}" >>"${out}/verify.log" 2>&1
+                --allow-http-registry=true "${ref}" >>"${out}/verify.log" 2>&1 || exit 1
         done
     ) || {
         tail -n 20 "${out}/release.log" "${out}/verify.log" >&2 2>/dev/null || true
