@@ -233,6 +233,8 @@ node_import_images() {
 node_start_registry() {
     local crane port="" i
     crane="$("${NODE_REPO}/tests/deploy/go-tool.sh" crane)" || cluster_die "tests/deploy/go-tool.sh crane failed"
+    # start_daemon appends to the log: an earlier run's port must not be read.
+    : >"${DIR}/crane.log"
     start_daemon crane "${crane}" registry serve --address 127.0.0.1:0
     for ((i = 0; i < 100; i++)); do
         port="$(sed -n 's/.*serving on port \([0-9][0-9]*\).*/\1/p' "${DIR}/crane.log" | head -n 1)"
