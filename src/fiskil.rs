@@ -1,12 +1,26 @@
 //! The token exchange with Fiskil: the request, response validation and error classes.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use reqwest::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT,
+};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use url::Url;
 
 use crate::cli::{is_loopback_url, positive_duration};
 use crate::credentials::Credentials;
@@ -59,7 +73,7 @@ pub enum HttpArgsError {
 /// Connection settings for the token endpoint.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
-    pub token_url: reqwest::Url,
+    pub token_url: Url,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub trust: TrustSources,
@@ -73,7 +87,7 @@ impl HttpArgs {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<HttpSettings, HttpArgsError> {
         let raw = &self.token_url;
-        let url = reqwest::Url::parse(raw).map_err(|e| HttpArgsError::BadUrl(raw.to_owned(), e))?;
+        let url = Url::parse(raw).map_err(|e| HttpArgsError::BadUrl(raw.to_owned(), e))?;
         match url.scheme() {
             "https" => {}
             "http" if !self.insecure_allow_http => {
@@ -194,36 +208,30 @@ pub enum ClientError {
 
 /// Sends token requests to one endpoint.
 pub struct TokenClient {
-    http: reqwest::Client,
-    url: reqwest::Url,
+    http: Poster,
+    url: Uri,
 }
 
 impl TokenClient {
     /// Builds a client trusting the configured roots, never following redirects, and never
     /// sending a loopback or plain-http request through a proxy from the environment.
     pub fn new(settings: &HttpSettings) -> Result<Self, ClientError> {
+        let url = Uri::try_from(settings.token_url.as_str())
+            .map_err(|e| ClientError::Build(format!("--token-url: {e}")))?;
+        let proxy = if may_use_proxy(&settings.token_url) {
+            Matcher::from_env().intercept(&url)
+        } else {
+            None
+        };
         let tls = settings.trust.client_config()?;
-        let mut builder = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.request_timeout)
-            .user_agent(concat!(
-                env!("CARGO_PKG_NAME"),
-                "/",
-                env!("CARGO_PKG_VERSION")
-            ));
-        if !may_use_proxy(&settings.token_url) {
-            builder = builder.no_proxy();
-        }
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Build(error_chain(&e)))?;
-        Ok(TokenClient {
-            http,
-            url: settings.token_url.clone(),
-        })
+        let http = Poster::new(
+            tls,
+            proxy.as_ref(),
+            settings.connect_timeout,
+            settings.request_timeout,
+        )?;
+        tracing::debug!(via_proxy = proxy.is_some(), "token client ready");
+        Ok(TokenClient { http, url })
     }
 
     /// Exchanges the credentials for a token: exactly the documented request, validated answer.
@@ -236,39 +244,204 @@ impl TokenClient {
             .to_string(),
         );
         let issued_at = SystemTime::now();
-        let response = self
-            .http
-            .post(self.url.clone())
-            .header(ACCEPT, JSON_UTF8)
-            .header(CONTENT_TYPE, JSON_UTF8)
-            .body(body.expose_secret().as_bytes().to_vec())
-            .send()
+        let headers = [(ACCEPT, JSON_UTF8), (CONTENT_TYPE, JSON_UTF8)];
+        let body = body.expose_secret().as_bytes().to_vec();
+        tracing::debug!("sending the token request");
+        self.http
+            .post(&self.url, &headers, body, |response| async move {
+                let (status, headers) = (response.status(), response.headers().clone());
+                tracing::debug!(status = status.as_u16(), "the token endpoint answered");
+                let body = read_capped(response).await?;
+                classify(status, &headers, &body, issued_at)
+            })
             .await
+    }
+}
+
+/// The connection to an endpoint: TCP (through an HTTP `CONNECT` tunnel when a proxy applies),
+/// then TLS for https://, all within the connect timeout.
+type Direct = HttpsConnector<HttpConnector>;
+type Tunneled = HttpsConnector<Tunnel<HttpsConnector<HttpConnector>>>;
+
+#[derive(Clone)]
+enum Connections {
+    Direct(Client<Timed<Direct>, Full<Bytes>>),
+    Tunneled(Box<Client<Timed<Tunneled>, Full<Bytes>>>),
+}
+
+/// A small HTTP/1.1 client for POSTs over rustls: keep-alive, no redirects followed, a
+/// connect timeout (TCP, proxy tunnel and TLS) and a timeout for the whole exchange, answers
+/// read up to [`MAX_BODY_BYTES`], `user-agent: fiskil-token-refresher/<version>`.
+#[derive(Clone)]
+pub(crate) struct Poster {
+    connections: Connections,
+    timeout: Duration,
+}
+
+impl Poster {
+    /// A client trusting `tls`; through `proxy` (a `CONNECT` tunnel) when given.
+    pub(crate) fn new(
+        tls: rustls::ClientConfig,
+        proxy: Option<&hyper_util::client::proxy::matcher::Intercept>,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Poster, ClientError> {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        let builder = || {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE);
+            builder
+        };
+        let connections = match proxy {
+            None => {
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(tcp);
+                Connections::Direct(builder().build(Timed::new(https, connect_timeout)))
+            }
+            Some(proxy) => {
+                let scheme = proxy.uri().scheme_str().unwrap_or_default();
+                if scheme != "http" && scheme != "https" {
+                    return Err(ClientError::Build(format!(
+                        "the proxy from the environment uses {scheme}://, which is not supported; use an http:// or https:// proxy"
+                    )));
+                }
+                let to_proxy = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.clone())
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(tcp);
+                let mut tunnel = Tunnel::new(proxy.uri().clone(), to_proxy);
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(tunnel);
+                Connections::Tunneled(Box::new(
+                    builder().build(Timed::new(https, connect_timeout)),
+                ))
+            }
+        };
+        Ok(Poster {
+            connections,
+            timeout,
+        })
+    }
+
+    /// POSTs `body` with `headers` and hands the answer to `answer`; the request and `answer`
+    /// together must finish within the timeout.
+    pub(crate) async fn post<T, F, A>(
+        &self,
+        url: &Uri,
+        headers: &[(hyper::header::HeaderName, &'static str)],
+        body: Vec<u8>,
+        answer: A,
+    ) -> Result<T, ExchangeError>
+    where
+        A: FnOnce(Response<Incoming>) -> F,
+        F: Future<Output = Result<T, ExchangeError>>,
+    {
+        let mut request = Request::new(Full::new(Bytes::from(body)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = url.clone();
+        let sent = request.headers_mut();
+        for (name, value) in headers {
+            sent.insert(name.clone(), HeaderValue::from_static(value));
+        }
+        sent.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        let exchange = async {
+            let response = match &self.connections {
+                Connections::Direct(client) => client.request(request).await,
+                Connections::Tunneled(client) => client.request(request).await,
+            }
             .map_err(|e| ExchangeError::Transport(error_chain(&e)))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_capped(response).await?;
-        classify(status, &headers, &body, issued_at)
+            answer(response).await
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ExchangeError::Transport(format!(
+                    "no complete answer within {:?}",
+                    self.timeout
+                )))
+            })
+    }
+}
+
+/// How long an idle connection to the endpoint is kept for the next request.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+const USER_AGENT_VALUE: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
+
+/// A connector whose whole connection set-up (TCP, tunnel, TLS) must finish within a time.
+#[derive(Clone)]
+pub(crate) struct Timed<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> Timed<C> {
+    fn new(inner: C, timeout: Duration) -> Self {
+        Timed { inner, timeout }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> tower_service::Service<Uri> for Timed<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(format!("the connection took longer than {timeout:?}").into()),
+            }
+        })
     }
 }
 
 /// Whether a request to `url` may go through `HTTPS_PROXY` / `ALL_PROXY`: only https:// to a
 /// host that is not loopback. A loopback endpoint and plain http:// (loopback only) are always
 /// reached directly, so no proxy ever sees the client secret.
-pub fn may_use_proxy(url: &reqwest::Url) -> bool {
+pub fn may_use_proxy(url: &Url) -> bool {
     url.scheme() == "https" && !is_loopback_url(url)
 }
 
 /// Reads at most [`MAX_BODY_BYTES`] of the body; a longer 2xx body is an invalid response.
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, ExchangeError> {
+async fn read_capped(response: Response<Incoming>) -> Result<Vec<u8>, ExchangeError> {
     let success = response.status().is_success();
+    let mut incoming = response.into_body();
     let mut body = Vec::new();
     loop {
-        let chunk = response
-            .chunk()
-            .await
-            .map_err(|e| ExchangeError::Transport(error_chain(&e)))?;
-        let Some(chunk) = chunk else { return Ok(body) };
+        let Some(frame) = incoming.frame().await else {
+            return Ok(body);
+        };
+        let frame = frame.map_err(|e| ExchangeError::Transport(error_chain(&e)))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             if success {
                 return Err(ExchangeError::InvalidResponse(format!(
