@@ -73,6 +73,7 @@ pub fn init(settings: &LogArgs) {
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
         LogFormat::Text => registry.with(fmt).init(),
     }
+    tracing::debug!("logging set up");
 }
 
 #[cfg(test)]
