@@ -6,24 +6,26 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
     HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT,
 };
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use tokio::net::TcpStream;
 use url::Url;
 
 use crate::cli::{is_loopback_url, positive_duration};
 use crate::credentials::Credentials;
+use crate::reach::proxy::Outgoing;
 use crate::schedule::{parse_retry_after, Failure};
 use crate::trust::{TrustError, TrustSources};
 
@@ -258,23 +260,62 @@ impl TokenClient {
     }
 }
 
-/// The connection to an endpoint: TCP (through an HTTP `CONNECT` tunnel when a proxy applies),
-/// then TLS for https://, all within the connect timeout.
-type Direct = HttpsConnector<HttpConnector>;
-type Tunneled = HttpsConnector<Tunnel<HttpsConnector<HttpConnector>>>;
+/// A client for HTTPS (or loopback http://) endpoints. The token client, the notifications
+/// and the proxy all use this one type, so the binary holds one copy of hyper-util's client.
+pub(crate) type HttpsClient = Client<Connector, Outgoing>;
 
-#[derive(Clone)]
-enum Connections {
-    Direct(Client<Timed<Direct>, Full<Bytes>>),
-    Tunneled(Box<Client<Timed<Tunneled>, Full<Bytes>>>),
+/// How connections to an endpoint are opened: TCP, directly or through an HTTP `CONNECT`
+/// tunnel, then TLS for https://; with a timeout over all of it when one is set.
+pub(crate) type Connector = Timed<HttpsConnector<Route>>;
+
+/// A connector over `tcp` trusting `tls`, through `proxy` (a `CONNECT` tunnel) when given, the
+/// whole connection set-up bounded by `timeout` when given.
+pub(crate) fn connector(
+    tls: rustls::ClientConfig,
+    mut tcp: HttpConnector,
+    proxy: Option<&Intercept>,
+    timeout: Option<Duration>,
+) -> Result<Connector, ClientError> {
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    let route = match proxy {
+        None => Route::Direct(tcp),
+        Some(proxy) => {
+            let scheme = proxy.uri().scheme_str().unwrap_or_default();
+            if scheme != "http" && scheme != "https" {
+                return Err(ClientError::Build(format!(
+                    "the proxy from the environment uses {scheme}://, which is not supported; use an http:// or https:// proxy"
+                )));
+            }
+            let to_proxy = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(tcp);
+            let mut tunnel = Tunnel::new(proxy.uri().clone(), to_proxy);
+            if let Some(auth) = proxy.basic_auth() {
+                tunnel = tunnel.with_auth(auth.clone());
+            }
+            Route::Tunnel(Box::new(tunnel))
+        }
+    };
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(route);
+    Ok(Timed {
+        inner: https,
+        timeout,
+    })
 }
 
-/// A small HTTP/1.1 client for POSTs over rustls: keep-alive, no redirects followed, a
-/// connect timeout (TCP, proxy tunnel and TLS) and a timeout for the whole exchange, answers
-/// read up to [`MAX_BODY_BYTES`], `user-agent: fiskil-token-refresher/<version>`.
+/// A small HTTP/1.1 client for POSTs: keep-alive, no redirects followed, a connect timeout
+/// (TCP, proxy tunnel and TLS) and a timeout for the whole exchange,
+/// `user-agent: fiskil-token-refresher/<version>`.
 #[derive(Clone)]
 pub(crate) struct Poster {
-    connections: Connections,
+    client: HttpsClient,
     timeout: Duration,
 }
 
@@ -282,59 +323,16 @@ impl Poster {
     /// A client trusting `tls`; through `proxy` (a `CONNECT` tunnel) when given.
     pub(crate) fn new(
         tls: rustls::ClientConfig,
-        proxy: Option<&hyper_util::client::proxy::matcher::Intercept>,
+        proxy: Option<&Intercept>,
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Poster, ClientError> {
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        let builder = || {
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(POOL_IDLE);
-            builder
-        };
-        let connections = match proxy {
-            None => {
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(tcp);
-                Connections::Direct(builder().build(Timed::new(https, connect_timeout)))
-            }
-            Some(proxy) => {
-                let scheme = proxy.uri().scheme_str().unwrap_or_default();
-                if scheme != "http" && scheme != "https" {
-                    return Err(ClientError::Build(format!(
-                        "the proxy from the environment uses {scheme}://, which is not supported; use an http:// or https:// proxy"
-                    )));
-                }
-                let to_proxy = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls.clone())
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(tcp);
-                let mut tunnel = Tunnel::new(proxy.uri().clone(), to_proxy);
-                if let Some(auth) = proxy.basic_auth() {
-                    tunnel = tunnel.with_auth(auth.clone());
-                }
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(tunnel);
-                Connections::Tunneled(Box::new(
-                    builder().build(Timed::new(https, connect_timeout)),
-                ))
-            }
-        };
-        Ok(Poster {
-            connections,
-            timeout,
-        })
+        let connector = connector(tls, HttpConnector::new(), proxy, Some(connect_timeout))?;
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(connector);
+        Ok(Poster { client, timeout })
     }
 
     /// POSTs `body` with `headers` and hands the answer to `answer`; the request and `answer`
@@ -350,7 +348,7 @@ impl Poster {
         A: FnOnce(Response<Incoming>) -> F,
         F: Future<Output = Result<T, ExchangeError>>,
     {
-        let mut request = Request::new(Full::new(Bytes::from(body)));
+        let mut request = Request::new(Outgoing::full(Bytes::from(body)));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = url.clone();
         let sent = request.headers_mut();
@@ -359,11 +357,11 @@ impl Poster {
         }
         sent.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
         let exchange = async {
-            let response = match &self.connections {
-                Connections::Direct(client) => client.request(request).await,
-                Connections::Tunneled(client) => client.request(request).await,
-            }
-            .map_err(|e| ExchangeError::Transport(error_chain(&e)))?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| ExchangeError::Transport(error_chain(&e)))?;
             answer(response).await
         };
         tokio::time::timeout(self.timeout, exchange)
@@ -381,20 +379,49 @@ impl Poster {
 const POOL_IDLE: Duration = Duration::from_secs(90);
 const USER_AGENT_VALUE: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Tcp = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// The TCP part of a connection: direct, or a tunnel through a proxy (itself reached over TLS
+/// for an https:// proxy).
+#[derive(Clone)]
+pub(crate) enum Route {
+    Direct(HttpConnector),
+    Tunnel(Box<Tunnel<HttpsConnector<HttpConnector>>>),
+}
+
+impl tower_service::Service<Uri> for Route {
+    type Response = Tcp;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Tcp, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Route::Direct(tcp) => tcp.poll_ready(cx).map_err(Into::into),
+            Route::Tunnel(tunnel) => tunnel.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        match self {
+            Route::Direct(tcp) => {
+                let connecting = tcp.call(dst);
+                Box::pin(async move { Ok(MaybeHttpsStream::Http(connecting.await?)) })
+            }
+            Route::Tunnel(tunnel) => {
+                let connecting = tunnel.call(dst);
+                Box::pin(async move { Ok(connecting.await?) })
+            }
+        }
+    }
+}
+
 /// A connector whose whole connection set-up (TCP, tunnel, TLS) must finish within a time.
 #[derive(Clone)]
 pub(crate) struct Timed<C> {
     inner: C,
-    timeout: Duration,
+    timeout: Option<Duration>,
 }
-
-impl<C> Timed<C> {
-    fn new(inner: C, timeout: Duration) -> Self {
-        Timed { inner, timeout }
-    }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl<C> tower_service::Service<Uri> for Timed<C>
 where
@@ -412,7 +439,9 @@ where
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let connecting = self.inner.call(dst);
-        let timeout = self.timeout;
+        let Some(timeout) = self.timeout else {
+            return Box::pin(async move { connecting.await.map_err(Into::into) });
+        };
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {
                 Ok(connected) => connected.map_err(Into::into),

@@ -13,7 +13,6 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -25,7 +24,7 @@ use url::Url;
 
 use crate::cli::is_loopback_url;
 use crate::fiskil::HttpSettings;
-use crate::fiskil::{error_chain, ClientError, Token};
+use crate::fiskil::{connector, error_chain, ClientError, HttpsClient, Token};
 use crate::metrics::Metrics;
 use crate::reach::{addressed_to_loopback, check_loopback, ReachConfigError, NOT_LOOPBACK_HOST};
 use crate::refresher::RefreshRequests;
@@ -146,7 +145,7 @@ type Answer = Either<Paced, Full<Bytes>>;
 
 /// Forwards requests to one upstream with the current token.
 pub struct Proxy {
-    client: Client<HttpsConnector<HttpConnector>, Outgoing>,
+    client: HttpsClient,
     scheme: Scheme,
     authority: Authority,
     shown_upstream: String,
@@ -166,15 +165,9 @@ impl Proxy {
         requests: Arc<RefreshRequests>,
         metrics: Arc<Metrics>,
     ) -> Result<Proxy, ClientError> {
-        let mut connector = HttpConnector::new();
-        connector.enforce_http(false);
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(http.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(http.trust.client_config()?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(http.connect_timeout));
+        let https = connector(http.trust.client_config()?, tcp, None, None)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
@@ -551,7 +544,7 @@ fn backoff(streak: u32, lifetime: Duration) -> Duration {
 }
 
 /// A request body on its way upstream: kept whole when small, else streamed as it arrives.
-enum Outgoing {
+pub(crate) enum Outgoing {
     Kept {
         data: Option<Bytes>,
         trailers: Option<HeaderMap>,
@@ -563,6 +556,14 @@ enum Outgoing {
 }
 
 impl Outgoing {
+    /// A body held whole in memory.
+    pub(crate) fn full(data: Bytes) -> Outgoing {
+        Outgoing::Kept {
+            data: Some(data),
+            trailers: None,
+        }
+    }
+
     /// Reads up to [`MAX_RETRY_BODY`] bytes; a longer body streams on from there. The client
     /// has [`BODY_READ_TIMEOUT`] and then must keep up [`crate::serve::MIN_BODY_RATE`].
     async fn read(body: Incoming) -> Result<Outgoing, BodyError> {
