@@ -134,6 +134,8 @@ struct Roots {
     files: HashSet<(u64, u64)>,
     /// Positions in `store` by the hash of their anchor.
     index: HashMap<u64, Vec<usize>>,
+    /// Hashes of the PEM blocks decoded so far.
+    decoded: HashSet<u64>,
     hasher: RandomState,
 }
 
@@ -143,6 +145,7 @@ impl Roots {
             store: rustls::RootCertStore::empty(),
             files: HashSet::new(),
             index: HashMap::new(),
+            decoded: HashSet::new(),
             hasher: RandomState::new(),
         };
         for anchor in webpki_roots::TLS_SERVER_ROOTS {
@@ -190,19 +193,37 @@ impl Roots {
         }
         let pem = std::fs::read(path).map_err(read_error)?;
         let mut found = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let invalid = |reason: String| TrustError::Invalid {
-                origin,
-                path: path.to_owned(),
-                reason,
-            };
-            let cert = cert.map_err(|e| invalid(e.to_string()))?;
-            let mut parsed = rustls::RootCertStore::empty();
-            parsed.add(cert).map_err(|e| invalid(e.to_string()))?;
-            for anchor in parsed.roots {
-                self.push(anchor);
+        // A file of certificates only (the usual bundle) is decoded block by block, skipping the
+        // blocks whose text was already decoded from another file: decoding is most of the cost.
+        let blocks = certificate_blocks(&pem);
+        let whole = [pem.as_slice()];
+        let parts: &[&[u8]] = match &blocks {
+            Some(blocks) => blocks,
+            None => &whole,
+        };
+        for part in parts {
+            if blocks.is_some() {
+                found += 1;
+                if !self.decoded.insert(self.hasher.hash_one(part)) {
+                    continue;
+                }
             }
-            found += 1;
+            for cert in rustls_pemfile::certs(&mut &part[..]) {
+                let invalid = |reason: String| TrustError::Invalid {
+                    origin,
+                    path: path.to_owned(),
+                    reason,
+                };
+                let cert = cert.map_err(|e| invalid(e.to_string()))?;
+                let mut parsed = rustls::RootCertStore::empty();
+                parsed.add(cert).map_err(|e| invalid(e.to_string()))?;
+                for anchor in parsed.roots {
+                    self.push(anchor);
+                }
+                if blocks.is_none() {
+                    found += 1;
+                }
+            }
         }
         if found == 0 && required {
             return Err(TrustError::Empty {
@@ -211,6 +232,29 @@ impl Roots {
             });
         }
         Ok(found)
+    }
+}
+
+const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+const END: &[u8] = b"-----END CERTIFICATE-----";
+
+/// The `CERTIFICATE` blocks of `pem` when it holds nothing else but whitespace between them;
+/// `None` for any other file (other PEM sections, comments), which is decoded as a whole.
+fn certificate_blocks(pem: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut blocks = Vec::new();
+    let mut rest = pem;
+    loop {
+        let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        rest = &rest[start..];
+        if !rest.starts_with(BEGIN) {
+            return None;
+        }
+        let end = rest.windows(END.len()).position(|w| w == END)? + END.len();
+        blocks.push(&rest[..end]);
+        rest = &rest[end..];
+        if rest.iter().all(u8::is_ascii_whitespace) {
+            return Some(blocks);
+        }
     }
 }
 
@@ -236,6 +280,23 @@ mod tests {
         );
         let empty = TrustSources::new(None, |_| Some(String::new()));
         assert_eq!(empty, TrustSources::default());
+    }
+
+    #[test]
+    fn only_files_of_certificate_blocks_are_split() {
+        let one = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----";
+        let two = format!("\n{one}\n\n{one}\n");
+        assert_eq!(certificate_blocks(two.as_bytes()).map(|b| b.len()), Some(2));
+        assert_eq!(
+            certificate_blocks(one.as_bytes()).unwrap()[0],
+            one.as_bytes()
+        );
+        let commented = format!("# a root\n{one}\n");
+        assert!(certificate_blocks(commented.as_bytes()).is_none());
+        let key = format!("{one}\n-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        assert!(certificate_blocks(key.as_bytes()).is_none());
+        assert!(certificate_blocks(b"").is_none());
+        assert!(certificate_blocks(b"-----BEGIN CERTIFICATE-----\nAAAA").is_none());
     }
 
     #[test]
