@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -136,6 +137,8 @@ struct Roots {
     index: HashMap<u64, Vec<usize>>,
     /// Hashes of the PEM blocks decoded so far.
     decoded: HashSet<u64>,
+    /// The contents of the file being read.
+    buffer: Vec<u8>,
     hasher: RandomState,
 }
 
@@ -146,6 +149,7 @@ impl Roots {
             files: HashSet::new(),
             index: HashMap::new(),
             decoded: HashSet::new(),
+            buffer: Vec::new(),
             hasher: RandomState::new(),
         };
         for anchor in webpki_roots::TLS_SERVER_ROOTS {
@@ -191,12 +195,32 @@ impl Roots {
         if !self.files.insert((meta.dev(), meta.ino())) {
             return Ok(0);
         }
-        let pem = std::fs::read(path).map_err(read_error)?;
+        // One buffer for every file: a directory of small files would otherwise cost an
+        // allocation (with musl, a mapping and an unmapping) for each.
+        let mut pem = std::mem::take(&mut self.buffer);
+        pem.clear();
+        let added = match std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut pem))
+        {
+            Ok(_) => self.add_pem(origin, path, &pem, required),
+            Err(source) => Err(read_error(source)),
+        };
+        self.buffer = pem;
+        added
+    }
+
+    /// Adds the certificates of `pem`, the contents of `path`; see [`Roots::add_bundle`].
+    fn add_pem(
+        &mut self,
+        origin: &'static str,
+        path: &Path,
+        pem: &[u8],
+        required: bool,
+    ) -> Result<usize, TrustError> {
         let mut found = 0;
         // A file of certificates only (the usual bundle) is decoded block by block, skipping the
         // blocks whose text was already decoded from another file: decoding is most of the cost.
-        let blocks = certificate_blocks(&pem);
-        let whole = [pem.as_slice()];
+        let blocks = certificate_blocks(pem);
+        let whole = [pem];
         let parts: &[&[u8]] = match &blocks {
             Some(blocks) => blocks,
             None => &whole,
