@@ -280,13 +280,9 @@ pub(crate) fn connector(
     tcp.set_nodelay(true);
     let route = match proxy {
         None => Route::Direct(tcp),
+        // A proxy of another scheme (socks5://) fails each connection, as it did with reqwest
+        // without its socks feature: the daemon retries and says why in its logs.
         Some(proxy) => {
-            let scheme = proxy.uri().scheme_str().unwrap_or_default();
-            if scheme != "http" && scheme != "https" {
-                return Err(ClientError::Build(format!(
-                    "the proxy from the environment uses {scheme}://, which is not supported; use an http:// or https:// proxy"
-                )));
-            }
             let to_proxy = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls.clone())
                 .https_or_http()
