@@ -1,15 +1,31 @@
 //! The token exchange with Fiskil: the request, response validation and error classes.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use reqwest::StatusCode;
+use http_body_util::BodyExt;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT,
+};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use tokio::net::TcpStream;
+use url::Url;
 
 use crate::cli::{is_loopback_url, positive_duration};
 use crate::credentials::Credentials;
+use crate::reach::proxy::Outgoing;
 use crate::schedule::{parse_retry_after, Failure};
 use crate::trust::{TrustError, TrustSources};
 
@@ -59,21 +75,73 @@ pub enum HttpArgsError {
 /// Connection settings for the token endpoint.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpSettings {
-    pub token_url: reqwest::Url,
+    pub token_url: Url,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub trust: TrustSources,
+    /// The proxy variables, for an https:// endpoint that is not loopback.
+    pub proxies: ProxyEnv,
+}
+
+/// `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY` (or their lowercase names) as the environment gave
+/// them. `Debug` says only which are set: a proxy URL may carry a password.
+#[derive(Clone, Default)]
+pub(crate) struct ProxyEnv {
+    https: Option<String>,
+    all: Option<String>,
+    no: Option<String>,
+}
+
+impl ProxyEnv {
+    /// Reads the variables through `env`; the uppercase name wins, empty counts as unset.
+    fn from_env(env: impl Fn(&str) -> Option<String>) -> ProxyEnv {
+        let first = |names: [&str; 2]| {
+            names
+                .into_iter()
+                .find_map(|name| env(name).filter(|value| !value.is_empty()))
+        };
+        ProxyEnv {
+            https: first(["HTTPS_PROXY", "https_proxy"]),
+            all: first(["ALL_PROXY", "all_proxy"]),
+            no: first(["NO_PROXY", "no_proxy"]),
+        }
+    }
+
+    /// The proxy for `url`, if the variables name one for it.
+    fn intercept(&self, url: &Uri) -> Option<Intercept> {
+        let mut builder = Matcher::builder();
+        if let Some(https) = &self.https {
+            builder = builder.https(https.clone());
+        }
+        if let Some(all) = &self.all {
+            builder = builder.all(all.clone());
+        }
+        if let Some(no) = &self.no {
+            builder = builder.no(no.clone());
+        }
+        builder.build().intercept(url)
+    }
+}
+
+impl std::fmt::Debug for ProxyEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyEnv")
+            .field("https", &self.https.is_some())
+            .field("all", &self.all.is_some())
+            .field("no", &self.no)
+            .finish()
+    }
 }
 
 impl HttpArgs {
     /// Checks the URL: https://, or http:// to loopback when explicitly allowed. `env` looks up
-    /// the trust bundle variables.
+    /// the trust bundle and proxy variables.
     pub(crate) fn settings(
         self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<HttpSettings, HttpArgsError> {
         let raw = &self.token_url;
-        let url = reqwest::Url::parse(raw).map_err(|e| HttpArgsError::BadUrl(raw.to_owned(), e))?;
+        let url = Url::parse(raw).map_err(|e| HttpArgsError::BadUrl(raw.to_owned(), e))?;
         match url.scheme() {
             "https" => {}
             "http" if !self.insecure_allow_http => {
@@ -91,6 +159,7 @@ impl HttpArgs {
             token_url: url,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
+            proxies: ProxyEnv::from_env(&env),
             trust: TrustSources::new(self.ca_file, env),
         })
     }
@@ -198,36 +267,30 @@ pub enum ClientError {
 
 /// Sends token requests to one endpoint.
 pub(crate) struct TokenClient {
-    http: reqwest::Client,
-    url: reqwest::Url,
+    http: Poster,
+    url: Uri,
 }
 
 impl TokenClient {
     /// Builds a client trusting the configured roots, never following redirects, and never
     /// sending a loopback or plain-http request through a proxy from the environment.
     pub(crate) fn new(settings: &HttpSettings) -> Result<Self, ClientError> {
+        let url = Uri::try_from(settings.token_url.as_str())
+            .map_err(|e| ClientError::Build(format!("--token-url: {e}")))?;
+        let proxy = if may_use_proxy(&settings.token_url) {
+            settings.proxies.intercept(&url)
+        } else {
+            None
+        };
         let tls = settings.trust.client_config()?;
-        let mut builder = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.request_timeout)
-            .user_agent(concat!(
-                env!("CARGO_PKG_NAME"),
-                "/",
-                env!("CARGO_PKG_VERSION")
-            ));
-        if !may_use_proxy(&settings.token_url) {
-            builder = builder.no_proxy();
-        }
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Build(error_chain(&e)))?;
-        Ok(TokenClient {
-            http,
-            url: settings.token_url.clone(),
-        })
+        let http = Poster::new(
+            tls,
+            proxy.as_ref(),
+            settings.connect_timeout,
+            settings.request_timeout,
+        )?;
+        tracing::debug!(via_proxy = proxy.is_some(), "token client ready");
+        Ok(TokenClient { http, url })
     }
 
     /// Exchanges the credentials for a token: exactly the documented request, validated answer.
@@ -240,39 +303,227 @@ impl TokenClient {
             .to_string(),
         );
         let issued_at = SystemTime::now();
-        let response = self
-            .http
-            .post(self.url.clone())
-            .header(ACCEPT, JSON_UTF8)
-            .header(CONTENT_TYPE, JSON_UTF8)
-            .body(body.expose_secret().as_bytes().to_vec())
-            .send()
+        let headers = [(ACCEPT, JSON_UTF8), (CONTENT_TYPE, JSON_UTF8)];
+        let body = body.expose_secret().as_bytes().to_vec();
+        tracing::debug!("sending the token request");
+        self.http
+            .post(&self.url, &headers, body, |response| async move {
+                let (status, headers) = (response.status(), response.headers().clone());
+                tracing::debug!(status = status.as_u16(), "the token endpoint answered");
+                let body = read_capped(response).await?;
+                classify(status, &headers, &body, issued_at)
+            })
             .await
-            .map_err(|e| ExchangeError::Transport(error_chain(&e)))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_capped(response).await?;
-        classify(status, &headers, &body, issued_at)
+    }
+}
+
+/// A client for HTTPS (or loopback http://) endpoints. The token client, the notifications
+/// and the proxy all use this one type, so the binary holds one copy of hyper-util's client.
+pub(crate) type HttpsClient = Client<Connector, Outgoing>;
+
+/// How connections to an endpoint are opened: TCP, directly or through an HTTP `CONNECT`
+/// tunnel, then TLS for https://; with a timeout over all of it when one is set.
+pub(crate) type Connector = Timed<HttpsConnector<Route>>;
+
+/// A connector over `tcp` trusting `tls`, through `proxy` (a `CONNECT` tunnel) when given, the
+/// whole connection set-up bounded by `timeout` when given.
+pub(crate) fn connector(
+    tls: rustls::ClientConfig,
+    mut tcp: HttpConnector,
+    proxy: Option<&Intercept>,
+    timeout: Option<Duration>,
+) -> Result<Connector, ClientError> {
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    let route = match proxy {
+        None => Route::Direct(tcp),
+        // A proxy of another scheme (socks5://) fails each connection, as it did with reqwest
+        // without its socks feature: the daemon retries and says why in its logs.
+        Some(proxy) => {
+            let to_proxy = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(tcp);
+            let mut tunnel = Tunnel::new(proxy.uri().clone(), to_proxy);
+            if let Some(auth) = proxy.basic_auth() {
+                tunnel = tunnel.with_auth(auth.clone());
+            }
+            Route::Tunnel(Box::new(tunnel))
+        }
+    };
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(route);
+    Ok(Timed {
+        inner: https,
+        timeout,
+    })
+}
+
+/// A small HTTP/1.1 client for POSTs: keep-alive, no redirects followed, a connect timeout
+/// (TCP, proxy tunnel and TLS) and a timeout for the whole exchange,
+/// `user-agent: fiskil-token-refresher/<version>`.
+#[derive(Clone)]
+pub(crate) struct Poster {
+    client: HttpsClient,
+    timeout: Duration,
+}
+
+impl Poster {
+    /// A client trusting `tls`; through `proxy` (a `CONNECT` tunnel) when given.
+    pub(crate) fn new(
+        tls: rustls::ClientConfig,
+        proxy: Option<&Intercept>,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Poster, ClientError> {
+        let connector = connector(tls, HttpConnector::new(), proxy, Some(connect_timeout))?;
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(connector);
+        Ok(Poster { client, timeout })
+    }
+
+    /// POSTs `body` with `headers` and hands the answer to `answer`; the request and `answer`
+    /// together must finish within the timeout.
+    pub(crate) async fn post<T, F, A>(
+        &self,
+        url: &Uri,
+        headers: &[(hyper::header::HeaderName, &'static str)],
+        body: Vec<u8>,
+        answer: A,
+    ) -> Result<T, ExchangeError>
+    where
+        A: FnOnce(Response<Incoming>) -> F,
+        F: Future<Output = Result<T, ExchangeError>>,
+    {
+        let mut request = Request::new(Outgoing::full(Bytes::from(body)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = url.clone();
+        let sent = request.headers_mut();
+        for (name, value) in headers {
+            sent.insert(name.clone(), HeaderValue::from_static(value));
+        }
+        sent.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| ExchangeError::Transport(error_chain(&e)))?;
+            answer(response).await
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ExchangeError::Transport(format!(
+                    "no complete answer within {:?}",
+                    self.timeout
+                )))
+            })
+    }
+}
+
+/// How long an idle connection to the endpoint is kept for the next request.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+const USER_AGENT_VALUE: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Tcp = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// The TCP part of a connection: direct, or a tunnel through a proxy (itself reached over TLS
+/// for an https:// proxy).
+#[derive(Clone)]
+pub(crate) enum Route {
+    Direct(HttpConnector),
+    Tunnel(Box<Tunnel<HttpsConnector<HttpConnector>>>),
+}
+
+impl tower_service::Service<Uri> for Route {
+    type Response = Tcp;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Tcp, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Route::Direct(tcp) => tcp.poll_ready(cx).map_err(Into::into),
+            Route::Tunnel(tunnel) => tunnel.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        match self {
+            Route::Direct(tcp) => {
+                let connecting = tcp.call(dst);
+                Box::pin(async move { Ok(MaybeHttpsStream::Http(connecting.await?)) })
+            }
+            Route::Tunnel(tunnel) => {
+                let connecting = tunnel.call(dst);
+                Box::pin(async move { Ok(connecting.await?) })
+            }
+        }
+    }
+}
+
+/// A connector whose whole connection set-up (TCP, tunnel, TLS) must finish within a time.
+#[derive(Clone)]
+pub(crate) struct Timed<C> {
+    inner: C,
+    timeout: Option<Duration>,
+}
+
+impl<C> tower_service::Service<Uri> for Timed<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let Some(timeout) = self.timeout else {
+            return Box::pin(async move { connecting.await.map_err(Into::into) });
+        };
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(format!("the connection took longer than {timeout:?}").into()),
+            }
+        })
     }
 }
 
 /// Whether a request to `url` may go through `HTTPS_PROXY` / `ALL_PROXY`: only https:// to a
 /// host that is not loopback. A loopback endpoint and plain http:// (loopback only) are always
 /// reached directly, so no proxy ever sees the client secret.
-pub(crate) fn may_use_proxy(url: &reqwest::Url) -> bool {
+pub(crate) fn may_use_proxy(url: &Url) -> bool {
     url.scheme() == "https" && !is_loopback_url(url)
 }
 
 /// Reads at most [`MAX_BODY_BYTES`] of the body; a longer 2xx body is an invalid response.
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, ExchangeError> {
+async fn read_capped(response: Response<Incoming>) -> Result<Vec<u8>, ExchangeError> {
     let success = response.status().is_success();
+    let mut incoming = response.into_body();
     let mut body = Vec::new();
     loop {
-        let chunk = response
-            .chunk()
-            .await
-            .map_err(|e| ExchangeError::Transport(error_chain(&e)))?;
-        let Some(chunk) = chunk else { return Ok(body) };
+        let Some(frame) = incoming.frame().await else {
+            return Ok(body);
+        };
+        let frame = frame.map_err(|e| ExchangeError::Transport(error_chain(&e)))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             if success {
                 return Err(ExchangeError::InvalidResponse(format!(

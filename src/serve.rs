@@ -59,6 +59,7 @@ fn listen(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
+    tracing::debug!(%addr, "listening");
     TcpListener::from_std(socket.into())
 }
 

@@ -72,6 +72,7 @@ pub(crate) fn init(settings: &LogArgs, rust_log: Option<&str>) {
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
         LogFormat::Text => registry.with(fmt).init(),
     }
+    tracing::debug!("logging set up");
 }
 
 #[cfg(test)]

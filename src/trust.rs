@@ -1,7 +1,12 @@
 //! The certificate authorities trusted for HTTPS: the built-in Mozilla roots, `--ca-file`, and
 //! the `SSL_CERT_FILE` / `SSL_CERT_DIR` bundles that cluster tooling hands a process.
 
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The environment variables naming extra trust bundles, as OpenSSL reads them.
 pub(crate) const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
@@ -62,15 +67,18 @@ impl TrustSources {
     }
 
     /// The root store: built-in roots plus every configured bundle.
+    ///
+    /// Each file is read once however many sources name it (`SSL_CERT_DIR` usually holds the
+    /// `SSL_CERT_FILE` bundle, each certificate's own file and a hash-named link to it), and a
+    /// certificate already trusted (a built-in root, or one seen in another file) is not added
+    /// again: the store holds each trust anchor once, which is what verification uses.
     pub(crate) fn root_store(&self) -> Result<rustls::RootCertStore, TrustError> {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
+        let mut roots = Roots::new();
         if let Some(path) = &self.ca_file {
-            add_bundle(&mut roots, "--ca-file", path, true)?;
+            roots.add_bundle("--ca-file", path, true)?;
         }
         if let Some(path) = &self.cert_file {
-            add_bundle(&mut roots, SSL_CERT_FILE, path, true)?;
+            roots.add_bundle(SSL_CERT_FILE, path, true)?;
         }
         for dir in &self.cert_dirs {
             let entries = std::fs::read_dir(dir).map_err(|source| TrustError::Read {
@@ -78,62 +86,203 @@ impl TrustSources {
                 path: dir.clone(),
                 source,
             })?;
-            let before = roots.len();
             let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
             files.sort();
-            for file in files.iter().filter(|f| f.is_file()) {
-                add_bundle(&mut roots, SSL_CERT_DIR, file, false)?;
+            let mut found = 0;
+            for file in &files {
+                found += roots.add_bundle(SSL_CERT_DIR, file, false)?;
             }
-            if roots.len() == before {
+            if found == 0 {
                 return Err(TrustError::Empty {
                     origin: SSL_CERT_DIR,
                     path: dir.clone(),
                 });
             }
         }
-        Ok(roots)
+        tracing::debug!(
+            roots = roots.store.len(),
+            files = roots.files.len(),
+            "trust roots loaded"
+        );
+        Ok(roots.store)
+    }
+
+    /// [`Self::root_store`], read once for all the clients that trust the same sources (the
+    /// token client, the proxy and the notifications share one store).
+    pub(crate) fn shared_root_store(&self) -> Result<Arc<rustls::RootCertStore>, TrustError> {
+        static SHARED: Mutex<Option<(TrustSources, Arc<rustls::RootCertStore>)>> = Mutex::new(None);
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((sources, store)) = shared.as_ref() {
+            if sources == self {
+                return Ok(Arc::clone(store));
+            }
+        }
+        let store = Arc::new(self.root_store()?);
+        *shared = Some((self.clone(), Arc::clone(&store)));
+        Ok(store)
     }
 
     /// A TLS client configuration trusting [`Self::root_store`]. It offers no ALPN protocol,
     /// so connections speak HTTP/1.1 (the HTTP clients that take it add their own if needed).
     pub(crate) fn client_config(&self) -> Result<rustls::ClientConfig, TrustError> {
         Ok(rustls::ClientConfig::builder()
-            .with_root_certificates(self.root_store()?)
+            .with_root_certificates(self.shared_root_store()?)
             .with_no_client_auth())
     }
 }
 
-/// Adds the PEM certificates in `path`; a file without any is an error when `required` (a
-/// named bundle) and skipped otherwise (a directory's other files).
-fn add_bundle(
-    roots: &mut rustls::RootCertStore,
-    origin: &'static str,
-    path: &Path,
-    required: bool,
-) -> Result<(), TrustError> {
-    let pem = std::fs::read(path).map_err(|source| TrustError::Read {
-        origin,
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut found = 0;
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let invalid = |reason: String| TrustError::Invalid {
-            origin,
-            path: path.to_owned(),
-            reason,
+/// A root store being filled: which files were read, and each anchor once.
+struct Roots {
+    store: rustls::RootCertStore,
+    /// Files read, by device and inode.
+    files: HashSet<(u64, u64)>,
+    /// Positions in `store` by the hash of their anchor.
+    index: HashMap<u64, Vec<usize>>,
+    /// Hashes of the PEM blocks decoded so far.
+    decoded: HashSet<u64>,
+    /// The contents of the file being read.
+    buffer: Vec<u8>,
+    hasher: RandomState,
+}
+
+impl Roots {
+    fn new() -> Roots {
+        let mut roots = Roots {
+            store: rustls::RootCertStore::empty(),
+            files: HashSet::new(),
+            index: HashMap::new(),
+            decoded: HashSet::new(),
+            buffer: Vec::new(),
+            hasher: RandomState::new(),
         };
-        let cert = cert.map_err(|e| invalid(e.to_string()))?;
-        roots.add(cert).map_err(|e| invalid(e.to_string()))?;
-        found += 1;
+        for anchor in webpki_roots::TLS_SERVER_ROOTS {
+            roots.push(anchor.clone());
+        }
+        roots
     }
-    if found == 0 && required {
-        return Err(TrustError::Empty {
+
+    /// Adds `anchor` unless the store holds it already.
+    fn push(&mut self, anchor: rustls::pki_types::TrustAnchor<'static>) {
+        let hash = self.hasher.hash_one(&anchor);
+        let same = self.index.entry(hash).or_default();
+        if same.iter().any(|&i| self.store.roots[i] == anchor) {
+            return;
+        }
+        same.push(self.store.roots.len());
+        self.store.roots.push(anchor);
+    }
+
+    /// Adds the PEM certificates in `path` and returns how many it holds; a file without any is
+    /// an error when `required` (a named bundle) and skipped otherwise (a directory's other
+    /// files). A file already read counts for nothing.
+    fn add_bundle(
+        &mut self,
+        origin: &'static str,
+        path: &Path,
+        required: bool,
+    ) -> Result<usize, TrustError> {
+        let read_error = |source| TrustError::Read {
             origin,
             path: path.to_owned(),
-        });
+            source,
+        };
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            // A directory's dangling link or vanished file is skipped, as its other files are.
+            Err(_) if !required => return Ok(0),
+            Err(source) => return Err(read_error(source)),
+        };
+        if !required && !meta.is_file() {
+            return Ok(0);
+        }
+        if !self.files.insert((meta.dev(), meta.ino())) {
+            return Ok(0);
+        }
+        // One buffer for every file: a directory of small files would otherwise cost an
+        // allocation (with musl, a mapping and an unmapping) for each.
+        let mut pem = std::mem::take(&mut self.buffer);
+        pem.clear();
+        let added = match std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut pem))
+        {
+            Ok(_) => self.add_pem(origin, path, &pem, required),
+            Err(source) => Err(read_error(source)),
+        };
+        self.buffer = pem;
+        added
     }
-    Ok(())
+
+    /// Adds the certificates of `pem`, the contents of `path`; see [`Roots::add_bundle`].
+    fn add_pem(
+        &mut self,
+        origin: &'static str,
+        path: &Path,
+        pem: &[u8],
+        required: bool,
+    ) -> Result<usize, TrustError> {
+        let mut found = 0;
+        // A file of certificates only (the usual bundle) is decoded block by block, skipping the
+        // blocks whose text was already decoded from another file: decoding is most of the cost.
+        let blocks = certificate_blocks(pem);
+        let whole = [pem];
+        let parts: &[&[u8]] = match &blocks {
+            Some(blocks) => blocks,
+            None => &whole,
+        };
+        for part in parts {
+            if blocks.is_some() {
+                found += 1;
+                if !self.decoded.insert(self.hasher.hash_one(part)) {
+                    continue;
+                }
+            }
+            for cert in rustls_pemfile::certs(&mut &part[..]) {
+                let invalid = |reason: String| TrustError::Invalid {
+                    origin,
+                    path: path.to_owned(),
+                    reason,
+                };
+                let cert = cert.map_err(|e| invalid(e.to_string()))?;
+                let mut parsed = rustls::RootCertStore::empty();
+                parsed.add(cert).map_err(|e| invalid(e.to_string()))?;
+                for anchor in parsed.roots {
+                    self.push(anchor);
+                }
+                if blocks.is_none() {
+                    found += 1;
+                }
+            }
+        }
+        if found == 0 && required {
+            return Err(TrustError::Empty {
+                origin,
+                path: path.to_owned(),
+            });
+        }
+        Ok(found)
+    }
+}
+
+const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+const END: &[u8] = b"-----END CERTIFICATE-----";
+
+/// The `CERTIFICATE` blocks of `pem` when it holds nothing else but whitespace between them;
+/// `None` for any other file (other PEM sections, comments), which is decoded as a whole.
+fn certificate_blocks(pem: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut blocks = Vec::new();
+    let mut rest = pem;
+    loop {
+        let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        rest = &rest[start..];
+        if !rest.starts_with(BEGIN) {
+            return None;
+        }
+        let end = rest.windows(END.len()).position(|w| w == END)? + END.len();
+        blocks.push(&rest[..end]);
+        rest = &rest[end..];
+        if rest.iter().all(u8::is_ascii_whitespace) {
+            return Some(blocks);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +307,23 @@ mod tests {
         );
         let empty = TrustSources::new(None, |_| Some(String::new()));
         assert_eq!(empty, TrustSources::default());
+    }
+
+    #[test]
+    fn only_files_of_certificate_blocks_are_split() {
+        let one = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----";
+        let two = format!("\n{one}\n\n{one}\n");
+        assert_eq!(certificate_blocks(two.as_bytes()).map(|b| b.len()), Some(2));
+        assert_eq!(
+            certificate_blocks(one.as_bytes()).unwrap()[0],
+            one.as_bytes()
+        );
+        let commented = format!("# a root\n{one}\n");
+        assert!(certificate_blocks(commented.as_bytes()).is_none());
+        let key = format!("{one}\n-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        assert!(certificate_blocks(key.as_bytes()).is_none());
+        assert!(certificate_blocks(b"").is_none());
+        assert!(certificate_blocks(b"-----BEGIN CERTIFICATE-----\nAAAA").is_none());
     }
 
     #[test]

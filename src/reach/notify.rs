@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use hyper::header::CONTENT_TYPE;
+use hyper::Uri;
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal};
 use tokio::sync::watch;
@@ -14,7 +16,7 @@ use url::Url;
 
 use crate::cli::is_loopback_url;
 use crate::fiskil::HttpSettings;
-use crate::fiskil::{error_chain, ClientError, Tokens};
+use crate::fiskil::{ClientError, ExchangeError, Poster, Tokens};
 use crate::metrics::Metrics;
 use crate::small_file::{self, ReadError};
 use crate::status::OutputStatus;
@@ -179,7 +181,7 @@ impl Event {
 /// The notifier, built: after each new token (once the file holds it, when there is a file),
 /// it signals the process and hands the event to one sender task per URL.
 pub(crate) struct Notifier {
-    client: Option<reqwest::Client>,
+    client: Option<Poster>,
     urls: Vec<Url>,
     signal: Option<Signaller>,
     tokens: Tokens,
@@ -199,21 +201,8 @@ impl Notifier {
         let client = if config.urls.is_empty() {
             None
         } else {
-            Some(
-                reqwest::Client::builder()
-                    .use_preconfigured_tls(http.trust.client_config()?)
-                    .no_proxy()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .connect_timeout(ATTEMPT_TIMEOUT)
-                    .timeout(ATTEMPT_TIMEOUT)
-                    .user_agent(concat!(
-                        env!("CARGO_PKG_NAME"),
-                        "/",
-                        env!("CARGO_PKG_VERSION")
-                    ))
-                    .build()
-                    .map_err(|e| ClientError::Build(e.to_string()))?,
-            )
+            let tls = http.trust.client_config()?;
+            Some(Poster::new(tls, None, ATTEMPT_TIMEOUT, ATTEMPT_TIMEOUT)?)
         };
         Ok(Notifier {
             client,
@@ -304,7 +293,7 @@ async fn watch_tokens(
 
 /// Posts each event to `url`, retrying with backoff; a newer event replaces one still pending.
 async fn post_each(
-    client: reqwest::Client,
+    client: Poster,
     url: Url,
     mut events: watch::Receiver<Option<Event>>,
     metrics: Arc<Metrics>,
@@ -320,17 +309,22 @@ async fn post_each(
             continue;
         };
         let body = event.json();
+        let Ok(target) = Uri::try_from(url.as_str()) else {
+            tracing::warn!(url = %shown, "the notification URL cannot be sent to");
+            return;
+        };
         for attempt in 0..=RETRY_DELAYS.len() {
+            let headers = [(CONTENT_TYPE, "application/json")];
             let result = client
-                .post(url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-                .send()
+                .post(&target, &headers, body.clone().into_bytes(), |response| {
+                    std::future::ready(Ok(response.status()))
+                })
                 .await;
             let failure = match result {
-                Ok(response) if response.status().is_success() => None,
-                Ok(response) => Some(format!("HTTP {}", response.status().as_u16())),
-                Err(e) => Some(error_chain(&e)),
+                Ok(status) if status.is_success() => None,
+                Ok(status) => Some(format!("HTTP {}", status.as_u16())),
+                Err(ExchangeError::Transport(text)) => Some(text),
+                Err(e) => Some(e.to_string()),
             };
             metrics.observe_notify("url", failure.is_none());
             let Some(failure) = failure else {

@@ -115,13 +115,17 @@ impl FileSink {
         };
         sink.remove_stale_temp_files();
         sink.prove_writable()?;
+        tracing::debug!("the token file can be written");
         Ok(sink)
     }
 
     /// Proves at start, as the running user, that a token can be written exactly as it will be:
     /// a temporary file is created, synced and renamed over the token file (with the token file's
     /// current contents, so readers see no change) or, when there is none yet, renamed to a
-    /// second temporary name and removed.
+    /// second temporary name and removed. That empty file is not synced: `fsync` of a file with
+    /// no data fails for no reason that creating, writing and renaming it would not have shown
+    /// (permissions, a read-only or full file system, a mount point), and on a disk-backed volume
+    /// it costs a journal commit before the first token request is even sent.
     fn prove_writable(&self) -> Result<(), FileError> {
         let unwritable = |source: io::Error| self.unwritable(source);
         let existing = self.check_target().map_err(|e| match e {
@@ -137,7 +141,11 @@ impl FileSink {
         };
         let temp = self.temp_path();
         let proved = self
-            .write_temp(&temp, contents.as_deref().unwrap_or_default())
+            .write_temp(
+                &temp,
+                contents.as_deref().unwrap_or_default(),
+                contents.is_some(),
+            )
             .and_then(|()| match &contents {
                 Some(_) => fs::rename(&temp, &self.path),
                 None => {
@@ -244,12 +252,13 @@ impl FileSink {
         }
         let temp = self.temp_path();
         let result = self
-            .write_temp(&temp, contents.as_bytes())
+            .write_temp(&temp, contents.as_bytes(), true)
             .and_then(|()| fs::rename(&temp, &self.path));
         if result.is_err() {
             let _ = fs::remove_file(&temp);
             return result;
         }
+        tracing::debug!("token file replaced");
         // The new file is in place; failing to sync the directory only weakens durability
         // across a crash of the machine, which an in-memory volume does not have anyway.
         if let Err(e) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
@@ -267,7 +276,7 @@ impl FileSink {
         ))
     }
 
-    fn write_temp(&self, temp: &Path, contents: &[u8]) -> io::Result<()> {
+    fn write_temp(&self, temp: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -275,7 +284,10 @@ impl FileSink {
             .open(temp)?;
         file.set_permissions(fs::Permissions::from_mode(self.mode))?;
         file.write_all(contents)?;
-        file.sync_all()
+        if sync {
+            file.sync_all()?;
+        }
+        Ok(())
     }
 
     fn remove_stale_temp_files(&self) {

@@ -7,19 +7,25 @@
 # connection, and the CPU time the proxy process(es) spent per request during the 64-connection
 # run (medians of interleaved rounds). Also: resident memory of the daemon idle with and without the proxy configured.
 # Both proxies run one worker (the daemon is single-threaded by design): nginx with
-# worker_processes 1, upstream keep-alive and a fixed Authorization header. Both log one line per
-# request (nginx its default access log, the daemon its JSON line on stderr, sent to a file).
+# worker_processes 1, upstream keep-alive and a fixed Authorization header. nginx logs one line per
+# request (its default access log); the daemon logs at its default level, to a file: a JSON line
+# for each failed request and for at most one successful request a second
+# (FISKIL_BENCH_DAEMON_ARGS="--log-level debug" logs every request, as releases before 2026-12-07
+# did at the default level).
 #
 # Needs: nginx, wrk, openssl (Debian: apt-get install nginx-light wrk openssl) and
 # `cargo build --release --workspace`. Usage: tests/bench/proxy.sh [SECONDS per run, default 10]
 # FISKIL_BENCH_DAEMON_ARGS adds daemon arguments, e.g. "--log-level warn" to leave out the
-# per-request log lines.
+# per-request log lines. FISKIL_BENCH_DAEMON and FISKIL_BENCH_STAND_IN name other builds (e.g. the
+# static musl binary); FISKIL_BENCH_BASELINE names a second daemon build measured in the same
+# interleaved rounds, in a column of its own (before/after comparisons).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 seconds=${1:-10}
-daemon=$root/target/release/fiskil-token-refresher
-stand_in=$root/target/release/fiskil-stand-in
+daemon=${FISKIL_BENCH_DAEMON:-$root/target/release/fiskil-token-refresher}
+stand_in=${FISKIL_BENCH_STAND_IN:-$root/target/release/fiskil-stand-in}
+baseline=${FISKIL_BENCH_BASELINE:-}
 PATH=$PATH:/usr/sbin # nginx
 for tool in nginx wrk openssl; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx-light wrk openssl)" >&2; exit 2; }
@@ -120,15 +126,23 @@ wait_port "$token_port"
 cat "$work/stand-in-ca.pem" "$work/ca.pem" > "$work/trust.pem"
 printf bench > "$work/client_id"
 printf bench-secret > "$work/client_secret"
-start_daemon() { # extra args...; sets daemon_pid
-  "$daemon" --token-url "https://localhost:$token_port/v1/token" --ca-file "$work/trust.pem" \
+start_daemon() { # extra args...; sets daemon_pid; $binary picks the build (default $daemon)
+  "${binary:-$daemon}" --token-url "https://localhost:$token_port/v1/token" --ca-file "$work/trust.pem" \
     --client-id-file "$work/client_id" --client-secret-file "$work/client_secret" \
-    --token-file "$work/token" --listen 127.0.0.1:0 "$@" 2>>"$work/daemon.log" &
+    --token-file "${token_file:-$work/token}" --listen 127.0.0.1:0 "$@" 2>>"$work/daemon.log" &
   daemon_pid=$!
   pids+=("$daemon_pid")
-  for _ in $(seq 100); do [[ -s $work/token ]] && break; sleep 0.05; done
+  for _ in $(seq 100); do [[ -s ${token_file:-$work/token} ]] && break; sleep 0.05; done
   sleep 1
 }
+if [[ -n $baseline ]]; then
+  baseline_proxy_port=$(free_port)
+  # shellcheck disable=SC2086 # FISKIL_BENCH_DAEMON_ARGS holds several words
+  binary=$baseline token_file=$work/token-baseline start_daemon --proxy-listen "127.0.0.1:$baseline_proxy_port" \
+    --proxy-upstream "https://localhost:$upstream_port" ${FISKIL_BENCH_DAEMON_ARGS:-}
+  baseline_pid=$daemon_pid
+  wait_port "$baseline_proxy_port"
+fi
 
 start_daemon
 rss_plain=$(rss_kib "$daemon_pid")
@@ -164,7 +178,8 @@ latency() { to_ms "$(wrk --latency -t1 -c1 -d"${seconds}s" "$1" | awk '$1 == "50
 direct_url="https://localhost:$upstream_port$path"
 nginx_url="http://127.0.0.1:$nginx_proxy_port$path"
 daemon_url="http://127.0.0.1:$daemon_proxy_port$path"
-for url in "$direct_url" "$nginx_url" "$daemon_url"; do
+baseline_url=${baseline:+http://127.0.0.1:$baseline_proxy_port$path}
+for url in "$direct_url" "$nginx_url" "$daemon_url" $baseline_url; do
   wrk -t1 -c64 -d2s "$url" >/dev/null # warm up connections and TLS sessions
 done
 declare -A rps cpu lat
@@ -174,9 +189,13 @@ for round in $(seq "$rounds"); do
   mapfile -t nginx_procs < <(nginx_pids "$work/proxy.pid")
   read -r r c <<<"$(throughput "$nginx_url" "${nginx_procs[@]}")"; rps[nginx]+="$r "; cpu[nginx]+="$c "
   read -r r c <<<"$(throughput "$daemon_url" "$daemon_pid")"; rps[daemon]+="$r "; cpu[daemon]+="$c "
+  if [[ -n $baseline ]]; then
+    read -r r c <<<"$(throughput "$baseline_url" "$baseline_pid")"; rps[baseline]+="$r "; cpu[baseline]+="$c "
+  fi
   lat[direct]+="$(latency "$direct_url") "
   lat[nginx]+="$(latency "$nginx_url") "
   lat[daemon]+="$(latency "$daemon_url") "
+  if [[ -n $baseline ]]; then lat[baseline]+="$(latency "$baseline_url") "; fi
   echo "round $round done" >&2
 done
 d_rps=$(median <<<"${rps[direct]}"); d_med=$(median <<<"${lat[direct]}")
@@ -187,7 +206,8 @@ f_cpu=$(median <<<"${cpu[daemon]}")
 rss_proxy_after=$(rss_kib "$daemon_pid")
 threads_after=$(awk '/^Threads:/ {print $2}' "/proc/$daemon_pid/status")
 
-if grep -q 'fixed-benchmark-token\|bench-secret' "$work/daemon.log" || grep -q "$(cat "$work/token")" "$work/daemon.log"; then
+if grep -q 'fixed-benchmark-token\|bench-secret' "$work/daemon.log" || grep -q "$(cat "$work/token")" "$work/daemon.log" ||
+  { [[ -n $baseline ]] && grep -q "$(cat "$work/token-baseline")" "$work/daemon.log"; }; then
   echo "a secret or token reached the daemon's log" >&2; exit 1
 fi
 
@@ -198,7 +218,16 @@ echo "|---|---|---|---|"
 echo "| requests/s at 64 connections | ${d_rps%.*} | ${n_rps%.*} | ${f_rps%.*} ($(ratio "$f_rps" "$n_rps")× nginx) |"
 echo "| median latency at 1 connection | $d_med ms | $n_med ms | $f_med ms ($(awk -v a="$f_med" -v b="$n_med" 'BEGIN {printf "%+.3f", a - b}') ms vs nginx) |"
 echo "| proxy CPU time per request (64 connections) | – | $n_cpu µs | $f_cpu µs |"
+if [[ -n $baseline ]]; then
+  b_rps=$(median <<<"${rps[baseline]}"); b_med=$(median <<<"${lat[baseline]}"); b_cpu=$(median <<<"${cpu[baseline]}")
+  echo
+  echo "| baseline ($baseline) | requests/s at 64 connections | median latency at 1 connection | proxy CPU time per request |"
+  echo "|---|---|---|---|"
+  echo "| baseline | ${b_rps%.*} ($(ratio "$b_rps" "$n_rps")× nginx) | $b_med ms | $b_cpu µs |"
+  echo "| measured | ${f_rps%.*} ($(ratio "$f_rps" "$n_rps")× nginx) | $f_med ms | $f_cpu µs |"
+fi
 echo
+echo "daemon log: $(wc -l <"$work/daemon.log") lines in all"
 echo "daemon resident memory: $rss_plain KiB without the proxy, $rss_proxy_idle KiB with the proxy idle" \
   "(+$((rss_proxy_idle - rss_plain)) KiB), $rss_proxy_after KiB after the load ($threads_after threads)"
 echo "medians of $rounds interleaved rounds; wrk: one thread; ${seconds} s per run; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(nginx -v 2>&1)"
