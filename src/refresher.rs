@@ -156,29 +156,38 @@ impl Refresher {
         let mut folded = false;
         loop {
             let wake = due.wake_at(std::time::Instant::now());
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = role.wait_for(|role| !role.leads()) => return,
-                () = tokio::time::sleep_until(Instant::from_std(wake)) => {
-                    if !due.reached(std::time::Instant::now(), SystemTime::now()) {
-                        continue;
+            // A request already due (the first one, say) goes out at once: even a zero-length
+            // sleep waits for the timer's next 1 ms tick.
+            let due_now = wake <= std::time::Instant::now()
+                && due.reached(std::time::Instant::now(), SystemTime::now());
+            if due_now && shutdown.is_cancelled() {
+                return;
+            }
+            if !due_now {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = role.wait_for(|role| !role.leads()) => return,
+                    () = tokio::time::sleep_until(Instant::from_std(wake)) => {
+                        if !due.reached(std::time::Instant::now(), SystemTime::now()) {
+                            continue;
+                        }
                     }
-                }
-                changed = self.credentials.changed(), if watching => {
-                    if changed.is_err() {
-                        watching = false;
-                        continue;
+                    changed = self.credentials.changed(), if watching => {
+                        if changed.is_err() {
+                            watching = false;
+                            continue;
+                        }
+                        failures = 0;
+                        if self.fold(&mut due, last, "the credentials changed", &mut folded) {
+                            continue;
+                        }
                     }
-                    failures = 0;
-                    if self.fold(&mut due, last, "the credentials changed", &mut folded) {
-                        continue;
+                    () = self.requests.wake.notified() => {
+                        if self.fold(&mut due, last, "SIGHUP or a 401 at the proxy", &mut folded) {
+                            continue;
+                        }
+                        tracing::info!("refresh requested (SIGHUP or a 401 at the proxy); refreshing the token now");
                     }
-                }
-                () = self.requests.wake.notified() => {
-                    if self.fold(&mut due, last, "SIGHUP or a 401 at the proxy", &mut folded) {
-                        continue;
-                    }
-                    tracing::info!("refresh requested (SIGHUP or a 401 at the proxy); refreshing the token now");
                 }
             }
             // A leader paused past its Lease wakes with its timers due: it requests nothing.
