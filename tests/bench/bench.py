@@ -56,12 +56,13 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def wait_for(check, timeout, what):
+def wait_for(check, timeout, what, every=0.0005):
+    """Polls check() every `every` seconds; exits naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
             sys.exit(f"bench: timed out waiting for {what}")
-        time.sleep(0.0005)
+        time.sleep(every)
 
 
 def read(path):

@@ -25,7 +25,6 @@ import json
 import os
 import random
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -33,18 +32,14 @@ import sys
 import tempfile
 import threading
 import time
+
+from bench import free_port
 import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DAEMON = os.path.join(ROOT, "target", "release", "fiskil-token-refresher")
 STAND_IN = os.path.join(ROOT, "target", "release", "fiskil-stand-in")
 SECRET = "fiskil-token"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check, timeout, what):

@@ -28,21 +28,16 @@ import datetime
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from bench import free_port, read, wait_for
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAND_IN = os.path.join(ROOT, "target", "release", "fiskil-stand-in")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def smaps_kib(pid, field):
@@ -51,22 +46,6 @@ def smaps_kib(pid, field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"no {field} in smaps_rollup")
-
-
-def wait_for(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            sys.exit(f"startup: timed out waiting for {what}")
-        time.sleep(0.0002)
-
-
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
 
 
 def stop(proc):
@@ -130,7 +109,7 @@ def main():
                 start = time.perf_counter()
                 proc = subprocess.Popen(command(label, path, token), env=env,
                                         stderr=subprocess.DEVNULL)
-                wait_for(lambda: os.path.exists(token), 10, f"{label}'s token")
+                wait_for(lambda: os.path.exists(token), 10, f"{label}'s token", every=0.0002)
                 walls[label].append((time.perf_counter() - start) * 1000)
                 stop(proc)
 
@@ -141,7 +120,7 @@ def main():
             extra = ["--min-refresh-interval", "1ms"]
             proc = subprocess.Popen(command(label, path, token, extra), env=env,
                                     stderr=subprocess.DEVNULL)
-            wait_for(lambda: os.path.exists(token), 10, f"{label}'s token")
+            wait_for(lambda: os.path.exists(token), 10, f"{label}'s token", every=0.0002)
             time.sleep(0.5)
             first = (smaps_kib(proc.pid, "Anonymous"), smaps_kib(proc.pid, "Rss"))
             after = None
@@ -171,7 +150,7 @@ def main():
                     start = time.perf_counter()
                     proc = subprocess.Popen(command(args.phases, path, token), env=trace_env,
                                             stderr=log)
-                    wait_for(lambda: os.path.exists(token), 10, "the traced token")
+                    wait_for(lambda: os.path.exists(token), 10, "the traced token", every=0.0002)
                     at.setdefault("token file seen by the poller", []).append(
                         (time.perf_counter() - start) * 1000)
                     time.sleep(0.1)
