@@ -12,11 +12,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "${REPO_ROOT}"
 
-binary="${FISKIL_STATIC_BINARY:-target/static-musl/x86_64-unknown-linux-musl/release/fiskil-token-refresher}"
-if [[ ! -x ${binary} ]]; then
-    printf 'SKIP: no static binary at %s (tests/deploy/static-binary.sh builds it)\n' "${binary}"
-    exit 0
-fi
+static_binary_or_skip
 work="$(mktemp -d)"
 trap 'rm -rf "${work}"' EXIT
 

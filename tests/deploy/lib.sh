@@ -69,6 +69,16 @@ venv_python() {
 # output, and counts the result for check_summary.
 DEPLOY_PASSED=0
 DEPLOY_FAILED=0
+# static_binary_or_skip: sets `binary` to the static binary the image ships
+# (FISKIL_STATIC_BINARY names another), or prints SKIP: and exits 0 when it is not built.
+static_binary_or_skip() {
+    binary="${FISKIL_STATIC_BINARY:-target/static-musl/x86_64-unknown-linux-musl/release/fiskil-token-refresher}"
+    if [[ ! -x ${binary} ]]; then
+        printf 'SKIP: no static binary at %s (tests/deploy/static-binary.sh builds it)\n' "${binary}"
+        exit 0
+    fi
+}
+
 check() {
     local name="$1" log
     shift
