@@ -73,6 +73,16 @@ def read(path):
         return None
 
 
+def stop(proc):
+    """SIGTERM, then SIGKILL if the process has not exited within 10 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def cluster_settings(cluster_dir):
     settings = {}
     with open(os.path.join(cluster_dir, "cluster.env")) as f:

@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 
-from bench import free_port
+from bench import free_port, stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIMIT = 64 * 1024 * 1024
@@ -164,12 +164,7 @@ class Bench:
 
     def stop(self, proc, cgroup):
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
         if cgroup:
             cgroup.remove()
 

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from bench import free_port, read, wait_for
+from bench import free_port, read, stop, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAND_IN = os.path.join(ROOT, "target", "release", "fiskil-stand-in")
@@ -46,15 +46,6 @@ def smaps_kib(pid, field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"no {field} in smaps_rollup")
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def main():
