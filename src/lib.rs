@@ -29,6 +29,7 @@ mod admin;
 mod app;
 mod cli;
 mod config;
+mod controller;
 mod credentials;
 mod explain;
 mod fiskil;
@@ -58,3 +59,5 @@ pub use credentials::{CredentialSources, Source};
 pub use fiskil::{parse_token_response, MAX_BODY_BYTES, MAX_EXPIRES_IN};
 pub use kubernetes::lease::TAKEOVER_MARGIN;
 pub use schedule::{parse_retry_after, Failure, Held, Timing};
+// For `cargo xtask crds`: the CustomResourceDefinitions of cluster mode.
+pub use controller::resources::definitions as custom_resource_definitions;
