@@ -22,7 +22,7 @@ use crate::kubernetes::lease::{Election, Elector};
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::reach::{self, ReachStartError};
-use crate::refresher::{OnceError, RefreshRequests, Refresher};
+use crate::refresher::{DaemonObserver, OnceError, RefreshRequests, Refresher};
 use crate::schedule::Timing;
 use crate::signals::{Controls, Signals};
 use crate::sink::{self, file::FileError, file::FileSink, secret::SecretSink, Output, OutputError};
@@ -281,10 +281,12 @@ impl Parts {
         let refresher = Refresher {
             client: self.client,
             credentials: watch::channel(Arc::new(self.credentials)).1,
-            timing: self.timing,
+            timing: watch::channel(self.timing).1,
             tokens: self.tokens,
-            status: self.status,
-            metrics: Arc::clone(&metrics),
+            observer: Arc::new(DaemonObserver {
+                status: self.status,
+                metrics: Arc::clone(&metrics),
+            }),
             requests: self.requests,
             leadership: self.leadership,
             happenings: Happenings::default(),
@@ -381,10 +383,12 @@ impl Parts {
         Refresher {
             client: self.client,
             credentials,
-            timing: self.timing,
+            timing: watch::channel(self.timing).1,
             tokens: self.tokens,
-            status: Arc::clone(&self.status),
-            metrics: self.metrics,
+            observer: Arc::new(DaemonObserver {
+                status: Arc::clone(&self.status),
+                metrics: self.metrics,
+            }),
             requests: self.requests,
             leadership: self.leadership,
             happenings,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::admin::AdminArgs;
+use crate::controller::{ControllerArgs, ControllerConfig};
 use crate::credentials::{CredentialArgs, CredentialSources, CredentialTwice};
 use crate::explain::ExplainArgs;
 use crate::fiskil::{HttpArgs, HttpArgsError, HttpSettings};
@@ -100,6 +101,9 @@ pub enum Command {
     /// Print what the timing options will do (refresh window, margin, retries, outage recovery,
     /// load for N pods) without sending any request
     Explain(ExplainArgs),
+    /// Cluster mode: keep the Secrets of FiskilToken resources current, one token request per
+    /// credential (FiskilCredential, ClusterFiskilCredential) however many FiskilTokens use it
+    Controller(ControllerArgs),
 }
 
 /// A configuration mistake, reported as one line before anything is sent.
@@ -210,6 +214,27 @@ impl Config {
             log: args.log,
             rust_log: env("RUST_LOG"),
             downward,
+        })
+    }
+}
+
+impl ControllerConfig {
+    /// Validates cluster mode's groups; `env` gives trust bundles, proxies, `RUST_LOG` and the
+    /// downward API.
+    pub fn from_args(
+        args: ControllerArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ControllerConfig, ConfigError> {
+        let timing = args.timing.settings()?;
+        args.log.settings()?;
+        Ok(ControllerConfig {
+            http: args.http.settings(&env)?,
+            timing,
+            election: args.lease.settings()?,
+            listen: args.admin.listen,
+            log: args.log,
+            rust_log: env("RUST_LOG"),
+            downward: Downward::from_env(&env),
         })
     }
 }

@@ -51,6 +51,7 @@ mod trust;
 
 pub use app::{App, Error};
 pub use config::{Args, Command, Config, ConfigError};
+pub use controller::{Controller, ControllerArgs, ControllerConfig};
 pub use explain::ExplainArgs;
 
 // For the property tests, the fuzz targets and the fleet suite: the parsers of what the token

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fiskil_token_refresher::{App, Args, Command, Config, ExplainArgs};
+use fiskil_token_refresher::{
+    App, Args, Command, Config, Controller, ControllerArgs, ControllerConfig, ExplainArgs,
+};
 
 fn main() -> ExitCode {
     if rustls::crypto::ring::default_provider()
@@ -14,8 +16,10 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let mut args = Args::parse();
-    if let Some(Command::Explain(explain)) = args.command.take() {
-        return explain_timing(&explain);
+    match args.command.take() {
+        Some(Command::Explain(explain)) => return explain_timing(&explain),
+        Some(Command::Controller(controller)) => return cluster_mode(controller),
+        None => {}
     }
     let config = match Config::from_args(args, |name| std::env::var(name).ok()) {
         Ok(config) => config,
@@ -25,15 +29,8 @@ fn main() -> ExitCode {
         }
     };
     config.init_logging();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
     };
     let outcome = runtime.block_on(async { App::build(config).await?.run().await });
     match outcome {
@@ -55,6 +52,43 @@ fn explain_timing(args: &ExplainArgs) -> ExitCode {
         Err(e) => {
             eprintln!("fiskil-token-refresher: error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `controller`: cluster mode, with the daemon's exit codes.
+fn cluster_mode(args: ControllerArgs) -> ExitCode {
+    let config = match ControllerConfig::from_args(args, |name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("fiskil-token-refresher: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    config.init_logging();
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    let outcome = runtime.block_on(async { Controller::build(config).await?.run().await });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "exiting");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The single-threaded runtime every mode runs on; `None` (logged) if it cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            None
         }
     }
 }

@@ -20,7 +20,15 @@ pub(crate) enum RefreshResult {
 }
 
 impl RefreshResult {
-    fn label(self) -> &'static str {
+    /// Every result, for removing a label set.
+    pub(crate) const ALL: [RefreshResult; 4] = [
+        RefreshResult::Success,
+        RefreshResult::Rejected,
+        RefreshResult::Transient,
+        RefreshResult::InvalidResponse,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
         match self {
             RefreshResult::Success => "success",
             RefreshResult::Rejected => "rejected",
@@ -191,6 +199,16 @@ impl Metrics {
             proxy_duration,
             leader,
         }
+    }
+
+    /// Adds a metric of another component (cluster mode's) under the same prefix.
+    pub(crate) fn register(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry.register(name, help, metric);
     }
 
     /// Records one token request.

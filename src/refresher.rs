@@ -16,6 +16,38 @@ use crate::metrics::{Metrics, RefreshResult};
 use crate::schedule::{Due, Failure, Held, Timing};
 use crate::status::Status;
 
+/// Where the loop reports its requests and its schedule: the daemon's metrics and health
+/// status, or one credential's in cluster mode.
+pub(crate) trait Observer: Send + Sync {
+    /// One token request ended with `result` after `seconds`.
+    fn requested(&self, result: RefreshResult, seconds: f64);
+    /// A new token expires at `expires_at`.
+    fn refreshed(&self, expires_at: SystemTime);
+    /// The next request is due at `next`.
+    fn scheduled(&self, next: SystemTime);
+}
+
+/// The daemon's observer: the metrics, and the next refresh `/readyz` reports.
+pub(crate) struct DaemonObserver {
+    pub status: Arc<Status>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Observer for DaemonObserver {
+    fn requested(&self, result: RefreshResult, seconds: f64) {
+        self.metrics.observe_refresh(result, seconds);
+    }
+
+    fn refreshed(&self, expires_at: SystemTime) {
+        self.metrics.set_token_expiry(expires_at);
+    }
+
+    fn scheduled(&self, next: SystemTime) {
+        self.status.set_next_refresh_at(next);
+        self.metrics.set_next_refresh(next);
+    }
+}
+
 /// One token and exit, for init containers and scripts.
 #[derive(clap::Args, Debug)]
 #[command(next_help_heading = "One-shot")]
@@ -76,10 +108,10 @@ impl RefreshRequests {
 pub(crate) struct Refresher {
     pub client: TokenClient,
     pub credentials: watch::Receiver<Arc<Credentials>>,
-    pub timing: Timing,
+    /// The timing, which may change between requests (cluster mode).
+    pub timing: watch::Receiver<Timing>,
     pub tokens: watch::Sender<Option<Arc<Token>>>,
-    pub status: Arc<Status>,
-    pub metrics: Arc<Metrics>,
+    pub observer: Arc<dyn Observer>,
     /// Early refresh requests: SIGHUP, a 401 at the proxy.
     pub requests: Arc<RefreshRequests>,
     /// Whether this replica may request tokens.
@@ -200,8 +232,8 @@ impl Refresher {
                 () = shutdown.cancelled() => return,
                 result = self.client.exchange(&credentials) => result,
             };
-            self.metrics
-                .observe_refresh(result_label(&result), sent.elapsed().as_secs_f64());
+            self.observer
+                .requested(result_label(&result), sent.elapsed().as_secs_f64());
             last = Some(Sent {
                 at: sent,
                 wall: sent_wall,
@@ -215,13 +247,13 @@ impl Refresher {
                             .report(Happening::TokenRefreshed { failures });
                     }
                     failures = 0;
-                    let delay = self.timing.refresh_delay(token.lifetime, rand::random());
+                    let delay = self.timing().refresh_delay(token.lifetime, rand::random());
                     self.log_refreshed(&token, sent_wall + delay);
                     newest = Some(Newest {
                         expires_at: token.expires_at(),
                         lifetime: token.lifetime,
                     });
-                    self.metrics.set_token_expiry(token.expires_at());
+                    self.observer.refreshed(token.expires_at());
                     self.tokens.send_replace(Some(Arc::new(token)));
                     delay
                 }
@@ -231,7 +263,7 @@ impl Refresher {
                     let held = Held::at(newest.map(|n| n.expires_at), now);
                     self.raise(&mut alarm, &e, failures, held, newest);
                     let delay =
-                        self.timing
+                        self.timing()
                             .retry_delay(failures, e.failure(), held, rand::random());
                     log_failure(&e, failures, delay);
                     self.requests.decline();
@@ -239,8 +271,7 @@ impl Refresher {
                 }
             };
             due = Due::after(sent, sent_wall, delay);
-            self.status.set_next_refresh_at(due.wall);
-            self.metrics.set_next_refresh(due.wall);
+            self.observer.scheduled(due.wall);
         }
     }
 
@@ -252,14 +283,17 @@ impl Refresher {
         let Some(last) = last else {
             return false;
         };
-        let allowed = Due::after(last.at, last.wall, self.timing.request_floor(last.failure));
+        let allowed = Due::after(
+            last.at,
+            last.wall,
+            self.timing().request_floor(last.failure),
+        );
         if allowed.reached(std::time::Instant::now(), SystemTime::now()) {
             return false;
         }
         if allowed.at < due.at {
             *due = allowed;
-            self.status.set_next_refresh_at(due.wall);
-            self.metrics.set_next_refresh(due.wall);
+            self.observer.scheduled(due.wall);
         }
         if !*folded {
             *folded = true;
@@ -320,13 +354,18 @@ impl Refresher {
             expires_in = token.lifetime.as_secs(),
             "token refreshed"
         );
-        if token.lifetime <= self.timing.min_interval {
+        let min_interval = self.timing().min_interval;
+        if token.lifetime <= min_interval {
             tracing::warn!(
                 expires_in = token.lifetime.as_secs_f64(),
-                min_refresh_interval = ?self.timing.min_interval,
+                min_refresh_interval = ?min_interval,
                 "the token lives no longer than --min-refresh-interval, so it expires before the next refresh; lower --min-refresh-interval"
             );
         }
+    }
+
+    fn timing(&self) -> Timing {
+        *self.timing.borrow()
     }
 
     /// Gets one token for `--once`: transient failures are retried until `deadline`, rejected
@@ -349,8 +388,8 @@ impl Refresher {
                     "the request was still running".to_owned(),
                 )));
             };
-            self.metrics
-                .observe_refresh(result_label(&result), sent.elapsed().as_secs_f64());
+            self.observer
+                .requested(result_label(&result), sent.elapsed().as_secs_f64());
             let e = match result {
                 Ok(token) => return Ok(token),
                 Err(e) if e.failure() == Failure::Rejected => return Err(OnceError::Rejected(e)),
@@ -358,7 +397,7 @@ impl Refresher {
             };
             failures += 1;
             let delay =
-                self.timing
+                self.timing()
                     .retry_delay(failures, e.failure(), Held::Expired, rand::random());
             log_failure(&e, failures, delay);
             tokio::select! {

@@ -46,6 +46,8 @@ pub(crate) struct Status {
     pub leadership: Arc<Leadership>,
     next_refresh_at: Mutex<Option<SystemTime>>,
     alive: AtomicBool,
+    /// Cluster mode (no outputs): whether every watched resource has been listed once.
+    synced: AtomicBool,
     /// Cancelled when shutdown begins: from then on the daemon is not ready.
     shutdown: CancellationToken,
 }
@@ -73,8 +75,20 @@ impl Status {
             leadership,
             next_refresh_at: Mutex::new(None),
             alive: AtomicBool::new(true),
+            synced: AtomicBool::new(false),
             shutdown,
         }
+    }
+
+    /// Cluster mode: ready once the watched resources are listed (leader), or while able to
+    /// take over (follower).
+    pub(crate) fn controller(leadership: Arc<Leadership>, shutdown: CancellationToken) -> Self {
+        Status::new(Vec::new(), leadership, shutdown)
+    }
+
+    /// Cluster mode: every watched resource has been listed once.
+    pub(crate) fn set_synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn set_next_refresh_at(&self, at: SystemTime) {
@@ -94,8 +108,9 @@ impl Status {
     }
 
     /// Until shutdown begins: a writer (the leader, or the only replica) is ready while every
-    /// output holds a token that has not expired at `now`; a follower while it can take over,
-    /// having read the Lease within the lease duration (`now_monotonic`).
+    /// output holds a token that has not expired at `now` (in cluster mode, once synced); a
+    /// follower while it can take over, having read the Lease within the lease duration
+    /// (`now_monotonic`).
     pub(crate) fn readiness(
         &self,
         now: SystemTime,
@@ -108,6 +123,9 @@ impl Status {
         let (standby, leader) = self.leadership.standby(now_monotonic);
         let serving = match role {
             Role::Follower => standby,
+            Role::Single | Role::Leader(_) if self.outputs.is_empty() => {
+                self.synced.load(Ordering::Relaxed)
+            }
             Role::Single | Role::Leader(_) => expires_at.is_some_and(|at| at > now),
         };
         Readiness {

@@ -189,7 +189,9 @@ pub(crate) struct CredentialRef {
 }
 
 /// The kinds of credential a FiskilToken may name.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub(crate) enum CredentialKind {
     /// A FiskilCredential in the FiskilToken's own namespace.
     FiskilCredential,

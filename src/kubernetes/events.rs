@@ -28,7 +28,7 @@ pub(crate) const CONTROLLER: &str = "fiskil-token-refresher";
 /// server is not taking them, and newer ones are dropped with a warning.
 const QUEUE: usize = 64;
 /// Time allowed for one Event to be published.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Event for a happening.
 fn event(happening: &Happening) -> Event {
@@ -93,7 +93,8 @@ fn event(happening: &Happening) -> Event {
     }
 }
 
-fn truncate(mut text: String, max: usize) -> String {
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn truncate(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut end = max;
         while !text.is_char_boundary(end) {

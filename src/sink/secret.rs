@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
@@ -186,6 +186,19 @@ pub(crate) struct SecretSink {
     output: String,
     key: String,
     timeout: Duration,
+    /// Cluster mode: the FiskilToken that owns the Secret.
+    owner: Option<OwnerReference>,
+}
+
+/// Whether an existing Secret may be written by the owner a sink writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ownership {
+    /// No such Secret: the first write creates it.
+    Absent,
+    /// The Secret names the owner among its owners.
+    Owned,
+    /// The Secret exists and belongs to someone else.
+    Foreign,
 }
 
 impl std::fmt::Debug for SecretSink {
@@ -216,9 +229,53 @@ impl SecretSink {
                     },
                     key: output.key.clone(),
                     timeout: output.timeout,
+                    owner: None,
                 }
             })
             .collect()
+    }
+
+    /// Cluster mode: a sink for `target` that records `owner` as the Secret's owner (so the
+    /// garbage collector deletes the Secret with it), under the key `token`.
+    pub(crate) fn owned(
+        client: kube::Client,
+        target: ObjectName,
+        owner: OwnerReference,
+        timeout: Duration,
+    ) -> SecretSink {
+        SecretSink {
+            api: Api::namespaced(client, &target.namespace),
+            output: format!("secret:{}/{}", target.namespace, target.name),
+            target,
+            key: "token".to_owned(),
+            timeout,
+            owner: Some(owner),
+        }
+    }
+
+    /// Whether the Secret exists and, if so, whether it names this sink's owner.
+    pub(crate) async fn ownership(&self) -> Result<Ownership, SecretError> {
+        let read = self.api.get_metadata_opt(&self.target.name);
+        let found = match tokio::time::timeout(self.timeout, read).await {
+            Ok(found) => found.map_err(|e| self.classify(e))?,
+            Err(_) => return Err(SecretError::TimedOut(self.timeout)),
+        };
+        let Some(found) = found else {
+            return Ok(Ownership::Absent);
+        };
+        let ours = self.owner.as_ref().is_some_and(|owner| {
+            found
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|reference| reference.uid == owner.uid)
+        });
+        Ok(if ours {
+            Ownership::Owned
+        } else {
+            Ownership::Foreign
+        })
     }
 
     /// `secret:NAMESPACE/NAME`.
@@ -251,6 +308,7 @@ impl SecretSink {
                 name: Some(self.target.name.clone()),
                 namespace: Some(self.target.namespace.clone()),
                 annotations,
+                owner_references: self.owner.clone().map(|owner| vec![owner]),
                 ..ObjectMeta::default()
             },
             data: Some(BTreeMap::from([
