@@ -12,6 +12,7 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use url::Url;
 
 use super::metrics::ControllerMetrics;
@@ -126,7 +127,8 @@ impl Exchange {
             next,
             stop: stop.clone(),
         };
-        shared.tasks.spawn(run.run());
+        let span = tracing::info_span!("exchange", credential = %key);
+        shared.tasks.spawn(run.run().instrument(span));
         Exchange {
             source,
             supply: Supply {
@@ -213,6 +215,11 @@ impl Run {
                     listed = true;
                     read_credentials(&found, &self.source)
                 }
+                // Credentials read before stay in use while the watch recovers.
+                Err(e) if credentials.is_some() => {
+                    tracing::warn!(error = %e, "watching the credential's Secret failed; retrying");
+                    continue;
+                }
                 Err(e) => Err(format!(
                     "cannot read the Secret {}/{}: {e}",
                     secret.namespace, secret.name
@@ -231,7 +238,7 @@ impl Run {
                     sender.send_if_modified(|held| {
                         let changed = **held != values;
                         if changed {
-                            tracing::info!(credential = %self.label, "the credentials changed; requesting a token with them");
+                            tracing::info!("the credentials changed; requesting a token with them");
                             *held = Arc::new(values);
                         }
                         changed
@@ -272,7 +279,10 @@ impl Run {
             leadership: Arc::clone(&self.shared.leadership),
             happenings,
         };
-        self.shared.tasks.spawn(refresher.run(self.stop.clone()));
+        let span = tracing::Span::current();
+        self.shared
+            .tasks
+            .spawn(refresher.run(self.stop.clone()).instrument(span));
     }
 
     /// The refresh loop's alarms become trouble; a token after failures clears them.
@@ -297,7 +307,7 @@ impl Run {
         self.trouble.send_if_modified(|current| {
             let changed = current.as_ref() != Some(&trouble);
             if changed {
-                tracing::warn!(credential = %self.label, reason, message = %trouble.message, "the credential gives no good token");
+                tracing::warn!(reason, message = %trouble.message, "the credential gives no good token");
                 *current = Some(trouble);
             }
             changed

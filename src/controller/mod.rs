@@ -140,14 +140,15 @@ impl Controller {
     /// Every configuration error found at start (exit code 2) comes from here.
     pub async fn build(config: ControllerConfig) -> Result<Controller, Error> {
         let namespace = config.downward.namespace.as_deref();
-        let kube = Kube::connect(config.http.request_timeout, "controller", namespace).await?;
+        let timeout = config.http.request_timeout;
+        let kube = Kube::connect_watching(timeout, "controller", namespace).await?;
         let signals = Signals::install().map_err(Error::Signals)?;
         let admin = serve::bind(config.listen).map_err(|source| Error::Listen {
             addr: config.listen,
             source,
         })?;
         let listen = admin.local_addr().unwrap_or(config.listen);
-        tracing::info!(listen = %listen, version = env!("CARGO_PKG_VERSION"), token_url = %config.http.token_url, "controller started");
+        tracing::info!(listen = %listen, mode = "controller", version = env!("CARGO_PKG_VERSION"), token_url = %config.http.token_url, "started");
         Ok(Controller {
             config,
             kube,

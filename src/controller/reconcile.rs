@@ -18,6 +18,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::exchange::{CredentialKey, CredentialSource, Exchange, Shared};
 use super::resources::{
@@ -288,7 +289,10 @@ impl Reconciler {
             timing: self.timing,
             timeout: self.timeout,
         };
-        self.shared.tasks.spawn(writer.run(running.stop.clone()));
+        let span = tracing::info_span!("fiskiltoken", namespace, name = %token.name_any());
+        self.shared
+            .tasks
+            .spawn(writer.run(running.stop.clone()).instrument(span));
         running
     }
 

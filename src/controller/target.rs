@@ -290,7 +290,7 @@ impl Writer {
         let target = self.sink.target();
         match self.sink.ownership().await {
             Ok(Ownership::Foreign) => {
-                tracing::warn!(secret = %target.name, namespace = %target.namespace, "the Secret exists and this FiskilToken does not own it; leaving it alone");
+                tracing::warn!(secret = %target.name, "the Secret exists and this FiskilToken does not own it; leaving it alone");
                 return Attempt::NotOwned(Instant::now() + NOT_OWNED_RECHECK);
             }
             Ok(Ownership::Absent | Ownership::Owned) => {}
@@ -324,7 +324,7 @@ impl Writer {
         let held = Held::at(written.map(|(expires, _)| expires), SystemTime::now());
         let delay = self.timing.backoff(*failures, held, rand::random());
         let target = self.sink.target();
-        tracing::warn!(secret = %target.name, namespace = %target.namespace, error = %error, retry_in = ?delay, "cannot write the FiskilToken's Secret");
+        tracing::warn!(secret = %target.name, error = %error, retry_in = ?delay, "cannot write the FiskilToken's Secret");
         Attempt::Failed {
             error,
             retry_at: Instant::now() + delay,

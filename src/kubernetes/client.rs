@@ -8,6 +8,9 @@ use std::time::Duration;
 pub(crate) const SERVICE_ACCOUNT_NAMESPACE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
+/// How long a watching client waits for a read: above the API server's end of a quiet watch.
+const WATCH_READ: Duration = Duration::from_secs(300);
+
 /// No usable Kubernetes connection.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeSetupError {
@@ -38,12 +41,32 @@ impl Kube {
         needed: &'static str,
         pod_namespace_env: Option<&str>,
     ) -> Result<Kube, KubeSetupError> {
+        Self::connect_reading(timeout, timeout, needed, pod_namespace_env).await
+    }
+
+    /// As [`Kube::connect`], for a client that also watches: a watch may stay quiet until the
+    /// API server ends it (290 s, kube-runtime's default), so reads may take [`WATCH_READ`];
+    /// every other call is bounded by its caller.
+    pub(crate) async fn connect_watching(
+        timeout: Duration,
+        needed: &'static str,
+        pod_namespace_env: Option<&str>,
+    ) -> Result<Kube, KubeSetupError> {
+        Self::connect_reading(timeout, WATCH_READ, needed, pod_namespace_env).await
+    }
+
+    async fn connect_reading(
+        timeout: Duration,
+        read_timeout: Duration,
+        needed: &'static str,
+        pod_namespace_env: Option<&str>,
+    ) -> Result<Kube, KubeSetupError> {
         let mut config = kube::Config::infer()
             .await
             .map_err(|source| KubeSetupError::NoCluster { needed, source })?;
         config.default_retry = false;
         config.connect_timeout = Some(timeout);
-        config.read_timeout = Some(timeout);
+        config.read_timeout = Some(read_timeout);
         config.write_timeout = Some(timeout);
         let default_namespace =
             pod_namespace(pod_namespace_env, Path::new(SERVICE_ACCOUNT_NAMESPACE))

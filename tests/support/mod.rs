@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster_mode;
 pub mod control_plane;
 pub mod fake_api;
 pub mod leader_election;

@@ -58,7 +58,7 @@ fn repo() -> PathBuf {
 }
 
 /// Runs one of the `tests/deploy` scripts that print the path of a tool they build once.
-fn tool(script: &str) -> PathBuf {
+pub fn tool(script: &str) -> PathBuf {
     let out = Command::new(repo().join("tests/deploy").join(script))
         .stderr(Stdio::inherit())
         .output()
