@@ -37,6 +37,11 @@
 #   Secret (the PATCH the daemon sends) creates and then updates it with only
 #   the Role's verbs, while other Secrets and other verbs are forbidden; and
 #   "patch" alone is shown not to be enough to create it.
+# - cluster mode's RBAC: as the controller's ServiceAccount (kubectl auth can-i
+#   --as), exactly what the ClusterRole and the Lease Role allow: the custom
+#   resources read and fiskiltokens/status patched, namespaces read, Secrets
+#   read, created and patched but never updated or deleted, events.k8s.io
+#   Events, its own Lease; nothing else.
 # Prints one line per check and "N passed, M failed"; exits 1 on any failure.
 set -euo pipefail
 # shellcheck source=tests/deploy/lib.sh
@@ -236,7 +241,10 @@ check "negative control: a non-restricted Pod is rejected in ${NAMESPACE}" negat
 
 # ------------------------------------------- custom resources (cluster mode) ---
 crds_established() {
-    k apply --server-side -f "${REPO_ROOT}/deploy/controller/crds.yaml" &&
+    # A client-side apply, as the fixtures: a second run's dry-run applies of the renders then
+    # find the last-applied annotation (a server-side apply would leave it out, and kubectl
+    # would warn).
+    k apply -f "${REPO_ROOT}/deploy/controller/crds.yaml" &&
         k wait --for condition=established --timeout=60s \
             crd/fiskilcredentials.fiskil-token-refresher.io \
             crd/clusterfiskilcredentials.fiskil-token-refresher.io \
@@ -470,6 +478,65 @@ patch_only_cannot_create() {
     return "${rc}"
 }
 check "RBAC: with verbs [patch] alone, the apply that creates the Secret is forbidden (403)" patch_only_cannot_create
+
+# ------------------------------------------------------ cluster mode's RBAC ---
+# The controller's ServiceAccount, ClusterRole and Lease Role (as the chart renders them, release
+# "ctrl" so that nothing of the writer's applies) bound for real; then SubjectAccessReviews as
+# that ServiceAccount (kubectl auth can-i --as): what cluster mode needs, and nothing more.
+ctrl_file="${out}/controller-rbac.yaml"
+"${HELM}" template ctrl "${CHART_DIR}" --namespace "${RBAC_NAMESPACE}" --set controller.enabled=true \
+    --show-only templates/serviceaccount.yaml --show-only templates/controller-clusterrole.yaml \
+    --show-only templates/controller-lease-role.yaml >"${ctrl_file}"
+check "cluster mode RBAC: the controller's ServiceAccount, ClusterRole, Lease Role and bindings applied" \
+    k apply -f "${ctrl_file}"
+ctrl_user="system:serviceaccount:${RBAC_NAMESPACE}:ctrl-fiskil-token-refresher"
+ctrl_lease="ctrl-fiskil-token-refresher-controller"
+can_i() { # can_i WANT ARGS...: "kubectl auth can-i ARGS" as the controller says WANT (yes or no)
+    local got
+    # stderr: kubectl warns that a cluster-scoped resource has no namespace.
+    got="$(k auth can-i --as="${ctrl_user}" "${@:2}" 2>"${out}/can-i.err")" || true
+    cat "${out}/can-i.err"
+    echo "can-i ${*:2}: ${got}, want $1"
+    [[ ${got} == "$1" ]]
+}
+crd_group=fiskil-token-refresher.io
+while read -r want args; do
+    [[ -n ${want} ]] || continue
+    read -r -a words <<<"${args}"
+    check "cluster mode RBAC: can-i ${args}: ${want}" can_i "${want}" "${words[@]}"
+done <<EOF
+yes list fiskiltokens.${crd_group} --all-namespaces
+yes watch fiskilcredentials.${crd_group} -n team-a
+yes get clusterfiskilcredentials.${crd_group}
+yes patch fiskiltokens.${crd_group} --subresource=status -n team-a
+no patch fiskiltokens.${crd_group} -n team-a
+no update fiskiltokens.${crd_group} --subresource=status -n team-a
+no create fiskiltokens.${crd_group} -n team-a
+no delete fiskiltokens.${crd_group} -n team-a
+no update fiskilcredentials.${crd_group} -n team-a
+yes list namespaces
+yes watch namespaces
+no update namespaces
+yes list secrets --all-namespaces
+yes watch secrets -n team-a
+yes get secrets -n team-a
+yes create secrets -n team-a
+yes patch secrets -n team-a
+no update secrets -n team-a
+no delete secrets -n team-a
+no deletecollection secrets -n team-a
+yes create events.events.k8s.io -n team-a
+yes patch events.events.k8s.io -n team-a
+no create events -n team-a
+no get configmaps -n team-a
+no list pods --all-namespaces
+yes get leases/${ctrl_lease} -n ${RBAC_NAMESPACE}
+yes update leases/${ctrl_lease} -n ${RBAC_NAMESPACE}
+yes create leases -n ${RBAC_NAMESPACE}
+no update leases/other-lease -n ${RBAC_NAMESPACE}
+no delete leases/${ctrl_lease} -n ${RBAC_NAMESPACE}
+no create leases -n team-a
+EOF
 
 # -------------------------------------------------------------- summary ---
 passed="$(grep -c '^ok ' "${results}" || true)"
