@@ -13,8 +13,12 @@
 # - every value set in tests/deploy/values-bad/ must FAIL, with the error its
 #   "# expect:" line names (schema validation or a template check);
 # - check_manifests.py must catch deliberately broken renders;
-# - kustomize build of deploy/sidecar, deploy/sidecar-pre-1.29 and
-#   deploy/standalone, checked the same way.
+# - cluster mode (values/controller*.yaml): the controller, its ClusterRole
+#   rule for rule, no delete verb, the PodDisruptionBudget, and the
+#   CustomResourceDefinitions from crds/ (helm template --include-crds);
+# - kustomize build of deploy/sidecar, deploy/sidecar-pre-1.29,
+#   deploy/standalone and deploy/controller, checked the same way; the RBAC
+#   rules of deploy/ and of the chart agree.
 # Prints one line per check and ends with "N passed, M failed"; exits 1 if any
 # check failed. Rendered output is kept in $FISKIL_DEPLOY_OUT (default: a
 # temporary directory, removed at exit).
@@ -292,10 +296,41 @@ check "checker catches a NetworkPolicy on other pods" mutant_caught network-poli
     'next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]["podSelector"] = {}'
 check "checker catches an extra object" mutant_caught standalone-default \
     'docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "fiskil", "labels": {}}})'
+# Cluster mode.
+check "checker catches a controller with 1 replica where controller.replicas is 2" mutant_caught controller \
+    'deployments()[0]["spec"]["replicas"] = 1'
+check "checker catches controller args without the subcommand first" mutant_caught controller \
+    'a = deployments()[0]["spec"]["template"]["spec"]["containers"][0]["args"]; a.append(a.pop(0))'
+check "checker catches a controller without --leader-elect" mutant_caught controller \
+    'deployments()[0]["spec"]["template"]["spec"]["containers"][0]["args"].remove("--leader-elect")'
+check "checker catches a controller with the writer's --client-id-file" mutant_caught controller \
+    'deployments()[0]["spec"]["template"]["spec"]["containers"][0]["args"].append("--client-id-file=/x")'
+check "checker catches a controller without POD_NAMESPACE" mutant_caught controller \
+    'c = deployments()[0]["spec"]["template"]["spec"]["containers"][0]; c["env"] = [e for e in c["env"] if e["name"] != "POD_NAMESPACE"]'
+check "checker catches a ClusterRole that may delete Secrets" mutant_caught controller \
+    'next(d for d in docs if d["kind"] == "ClusterRole")["rules"][3]["verbs"].append("delete")'
+check "checker catches a ClusterRole with update on fiskiltokens" mutant_caught controller \
+    'next(d for d in docs if d["kind"] == "ClusterRole")["rules"][0]["verbs"].append("update")'
+check "checker catches a ClusterRole without the namespaces rule" mutant_caught controller \
+    'r = next(d for d in docs if d["kind"] == "ClusterRole"); r["rules"] = [x for x in r["rules"] if x["resources"] != ["namespaces"]]'
+check "checker catches a ClusterRole with a wildcard resource" mutant_caught controller \
+    'next(d for d in docs if d["kind"] == "ClusterRole")["rules"][0]["resources"] = ["*"]'
+check "checker catches a ClusterRoleBinding to a ServiceAccount of another namespace" mutant_caught controller \
+    'next(d for d in docs if d["kind"] == "ClusterRoleBinding")["subjects"][0]["namespace"] = "kube-system"'
+check "checker catches a controller Lease Role naming the writer's Lease" mutant_caught controller \
+    'next(d for d in docs if d["kind"] == "Role")["rules"][0]["resourceNames"] = ["fiskil-token-refresher"]'
+check "checker catches a controller PodDisruptionBudget with minAvailable 2" mutant_caught controller \
+    'next(d for d in docs if d["kind"] == "PodDisruptionBudget")["spec"]["minAvailable"] = 2'
+check "checker catches a missing CustomResourceDefinition" mutant_caught controller \
+    'docs[:] = [d for d in docs if d["metadata"]["name"] != "fiskiltokens.fiskil-token-refresher.io"]'
+check "checker catches a FiskilToken definition without the status subresource" mutant_caught controller \
+    'next(d for d in docs if d["metadata"]["name"] == "fiskiltokens.fiskil-token-refresher.io")["spec"]["versions"][0].pop("subresources")'
+check "checker catches the writer's Deployment in controller mode" mutant_caught controller \
+    'docs.append(next(d for d in yaml.safe_load_all(open(sys.argv[1].replace("/controller.yaml", "/standalone-default.yaml"))) if d and d["kind"] == "Deployment"))'
 
 # ------------------------------------------------------------- deploy/ ---
 mkdir -p "${out}/deploy"
-for dir in sidecar sidecar-pre-1.29 standalone; do
+for dir in sidecar sidecar-pre-1.29 standalone controller; do
     rendered="${out}/deploy/${dir}.yaml"
     kbuild() { "${KUSTOMIZE}" build "$1" >"$2"; }
     check "kustomize build deploy/${dir}" kbuild "${REPO_ROOT}/deploy/${dir}" "${rendered}"
@@ -303,28 +338,35 @@ for dir in sidecar sidecar-pre-1.29 standalone; do
     run_checker kustomize "deploy/${dir}" "${rendered}" || true
     summary_of "deploy/${dir}"
 done
-rules_of() { # rules_of FILE RESOURCE: each rule on RESOURCE as "group resource names? verbs", sorted
-    "${PYTHON}" - "$1" "$2" <<'PY'
+rules_of() { # rules_of FILE RESOURCE [KIND]: each rule of a KIND (default Role) on RESOURCE as "group resource names? verbs", sorted
+    "${PYTHON}" - "$1" "$2" "${3:-Role}" <<'PY'
 import sys, yaml
 out = []
 for d in yaml.safe_load_all(open(sys.argv[1])):
-    if d and d["kind"] == "Role":
+    if d and d["kind"] == sys.argv[3]:
         for r in d.get("rules") or []:
             if sys.argv[2] in r.get("resources", []):
                 out.append(f'{r["apiGroups"]} {r["resources"]} named={bool(r.get("resourceNames"))} {sorted(r["verbs"])}')
 print("; ".join(sorted(out)))
 PY
 }
-roles_agree() { # roles_agree RESOURCE: the rules on RESOURCE in deploy/ and in the chart are the same
+roles_agree() { # roles_agree RESOURCE [VALUES DEPLOY KIND]: the rules on RESOURCE in deploy/DEPLOY and in the chart are the same
     local chart_rules deploy_rules
-    chart_rules="$(rules_of "${out}/chart/standalone-default.yaml" "$1")"
-    deploy_rules="$(rules_of "${out}/deploy/standalone.yaml" "$1")"
+    chart_rules="$(rules_of "${out}/chart/${2:-standalone-default}.yaml" "$1" "${4:-Role}")"
+    deploy_rules="$(rules_of "${out}/deploy/${3:-standalone}.yaml" "$1" "${4:-Role}")"
     echo "chart: ${chart_rules}"
     echo "deploy: ${deploy_rules}"
     [[ -n ${chart_rules} && ${chart_rules} == "${deploy_rules}" ]]
 }
 check "deploy/standalone Role verbs on secrets equal the chart's secretVerbs" roles_agree secrets
 check "deploy/standalone Lease rules equal the chart's leaseRules" roles_agree leases
+for resource in fiskiltokens fiskiltokens/status namespaces secrets events; do
+    check "deploy/controller ClusterRole rules on ${resource} equal the chart's controllerRules" \
+        roles_agree "${resource}" controller controller ClusterRole
+done
+check "deploy/controller Lease rules equal the chart's" roles_agree leases controller controller
+same_crds() { cmp "${CHART_DIR}/crds/fiskil-token-refresher.io.yaml" "${REPO_ROOT}/deploy/controller/crds.yaml"; }
+check "the chart's crds/ and deploy/controller/crds.yaml are the same (cargo xtask crds)" same_crds
 
 # -------------------------------------------------------------- summary ---
 passed="$(grep -c '^ok ' "${results}" || true)"

@@ -7,6 +7,12 @@ Chart output:
 deploy/ output (kustomize build):
     check_manifests.py kustomize NAME RENDERED.yaml
 
+Cluster mode (controller.enabled, deploy/controller) is checked by
+check_controller: the controller Deployment, its ClusterRole (exactly
+CONTROLLER_RULES), its Lease Role, its PodDisruptionBudget and the
+CustomResourceDefinitions (rendered by the chart with --include-crds, which a
+value set's "# helm-args:" line asks for).
+
 Prints one line per check ("ok   ..." or "FAIL ...") and exits 1 if any
 check failed. Expectations for the chart come from its values.yaml merged with
 the value set; for deploy/ they come from the manifests' own consistency
@@ -49,6 +55,31 @@ TIMING_FLAGS = (
     ("logFormat", "--log-format"),
     ("logLevel", "--log-level"),
 )
+
+
+# The controller's flags from the chart's values: the writer's timing flags but
+# --credentials-poll-interval (a FiskilCredential's Secret is watched, not polled).
+CONTROLLER_FLAGS = tuple(f for f in TIMING_FLAGS if f[0] != "credentialsPollInterval")
+CONTROLLER = "controller"
+# The controller's ClusterRole, rule for rule: the least that cluster mode needs.
+CONTROLLER_RULES = [
+    {"apiGroups": ["fiskil-token-refresher.io"],
+     "resources": ["fiskiltokens", "fiskilcredentials", "clusterfiskilcredentials"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["fiskil-token-refresher.io"], "resources": ["fiskiltokens/status"], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+CRD_GROUP = "fiskil-token-refresher.io"
+# CustomResourceDefinition name -> (kind, scope).
+CRDS = {
+    f"fiskilcredentials.{CRD_GROUP}": ("FiskilCredential", "Namespaced"),
+    f"clusterfiskilcredentials.{CRD_GROUP}": ("ClusterFiskilCredential", "Cluster"),
+    f"fiskiltokens.{CRD_GROUP}": ("FiskilToken", "Namespaced"),
+}
+# Objects without a namespace.
+CLUSTER_KINDS = ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition")
 
 
 class Checker:
@@ -422,6 +453,207 @@ def check_writer(ck, objs, dep, expect):
                  for b in bindings), f"{len(bindings)} RoleBindings")
 
 
+def rule_key(rule):
+    """A rule as comparable data: API groups, resources, names and verbs, each sorted."""
+    return (tuple(sorted(rule.get("apiGroups") or [])), tuple(sorted(rule.get("resources") or [])),
+            tuple(sorted(rule.get("resourceNames") or [])), tuple(sorted(rule.get("verbs") or [])))
+
+
+def is_controller(obj):
+    spec = pod_spec(obj) if obj["kind"] == "Deployment" else None
+    if not spec:
+        return False
+    return any((c.get("args") or [])[:1] == [CONTROLLER] for _, c in all_containers(spec))
+
+
+def check_crds(ck, objs):
+    """The three CustomResourceDefinitions of cluster mode."""
+    crds = {o["metadata"]["name"]: o for o in objs if o["kind"] == "CustomResourceDefinition"}
+    ck.check(f"CustomResourceDefinitions exactly {', '.join(sorted(CRDS))}", sorted(crds) == sorted(CRDS),
+             str(sorted(crds)))
+    for name, (kind, scope) in CRDS.items():
+        crd = crds.get(name)
+        if crd is None:
+            continue
+        cw = f"CustomResourceDefinition/{name}"
+        spec = crd.get("spec") or {}
+        ck.check(f"{cw}: apiextensions.k8s.io/v1, group {CRD_GROUP}, kind {kind}, scope {scope}",
+                 crd.get("apiVersion") == "apiextensions.k8s.io/v1" and spec.get("group") == CRD_GROUP
+                 and (spec.get("names") or {}).get("kind") == kind and spec.get("scope") == scope)
+        versions = spec.get("versions") or []
+        ck.check(f"{cw}: one version, v1alpha1, served and stored, with a schema",
+                 [(v.get("name"), v.get("served"), v.get("storage")) for v in versions] == [("v1alpha1", True, True)]
+                 and all((v.get("schema") or {}).get("openAPIV3Schema") for v in versions), str(versions)[:200])
+        if kind == "FiskilToken":
+            ck.check(f"{cw}: status subresource", all((v.get("subresources") or {}).get("status") == {}
+                                                      for v in versions))
+
+
+def check_controller(ck, objs, dep, expect):
+    """Cluster mode: the controller Deployment (replicas electing a leader, the controller
+    subcommand and its flags, no credentials of its own), its PodDisruptionBudget, its
+    ServiceAccount, its ClusterRole (exactly CONTROLLER_RULES) and Lease Role with their
+    bindings, and no delete verb anywhere."""
+    where = f"Deployment/{dep['metadata']['name']}"
+    spec = pod_spec(dep)
+    dep_ns = dep["metadata"].get("namespace")
+    replicas = expect["replicas"]
+    ck.check(f"{where}: {replicas} replica(s)", dep["spec"].get("replicas") == replicas,
+             str(dep["spec"].get("replicas")))
+    ck.check(f"{where}: strategy RollingUpdate, maxSurge 1, maxUnavailable 0 (a standby is always up)",
+             dep["spec"].get("strategy") == {"type": "RollingUpdate",
+                                             "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+             str(dep["spec"].get("strategy")))
+    pod_labels = dep["spec"]["template"]["metadata"].get("labels") or {}
+    ck.check(f"{where}: component label controller", pod_labels.get("app.kubernetes.io/component") == "controller")
+    spreads = [t for t in spec.get("topologySpreadConstraints") or [] if t.get("topologyKey") == HOSTNAME_KEY]
+    pdbs = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    if replicas > 1:
+        ck.check(f"{where}: soft spreading across nodes (topologyKey {HOSTNAME_KEY}, ScheduleAnyway, its own pods)",
+                 len(spreads) == 1 and spreads[0].get("whenUnsatisfiable") == "ScheduleAnyway"
+                 and labels_subset((spreads[0].get("labelSelector") or {}).get("matchLabels"), pod_labels),
+                 str(spreads))
+        ck.check(f"{where}: exactly one PodDisruptionBudget", len(pdbs) == 1, f"{len(pdbs)}")
+        for pdb in pdbs[:1]:
+            pw = f"PodDisruptionBudget/{pdb['metadata']['name']}"
+            ck.check(f"{pw}: policy/v1, in {dep_ns}", pdb.get("apiVersion") == "policy/v1"
+                     and pdb["metadata"].get("namespace") == dep_ns)
+            ck.check(f"{pw}: minAvailable {expect['minAvailable']}, no maxUnavailable",
+                     pdb["spec"].get("minAvailable") == expect["minAvailable"]
+                     and "maxUnavailable" not in pdb["spec"], str(pdb["spec"]))
+            ck.check(f"{pw}: minAvailable below the {replicas} replicas (a drain can proceed)",
+                     (pdb["spec"].get("minAvailable") or 0) < replicas)
+            ck.check(f"{pw}: unhealthyPodEvictionPolicy AlwaysAllow",
+                     pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow")
+            ck.check(f"{pw}: selects the controller's pods",
+                     labels_subset(pdb["spec"].get("selector", {}).get("matchLabels"), pod_labels))
+    else:
+        ck.check(f"{where}: one replica: no PodDisruptionBudget", not pdbs)
+    ck.check(f"{where}: automountServiceAccountToken true (it calls the API server)",
+             spec.get("automountServiceAccountToken") is True)
+
+    containers = [c for _, c in all_containers(spec)]
+    ck.check(f"{where}: one container, {CONTROLLER}", [c["name"] for c in containers] == [CONTROLLER],
+             str([c["name"] for c in containers]))
+    c = next((x for x in containers if x["name"] == CONTROLLER), None)
+    if c is None:
+        return
+    args = c.get("args") or []
+    ck.check(f"{where}: args start with the subcommand controller", args[:1] == [CONTROLLER], str(args[:2]))
+    ck.check(f"{where}: --leader-elect", args.count("--leader-elect") == 1)
+    ck.check(f"{where}: --lease-name={expect['leaseName']}", arg_value(args, "--lease-name") == [expect["leaseName"]],
+             str(arg_value(args, "--lease-name")))
+    ck.check(f"{where}: --lease-duration={expect['leaseDuration']}",
+             arg_value(args, "--lease-duration") == [expect["leaseDuration"]])
+    for key, flag in CONTROLLER_FLAGS:
+        if key in expect["args"]:
+            want = expect["args"][key]
+            ck.check(f"{where}: {flag}={want}", arg_value(args, flag) == [want], f"got {arg_value(args, flag)}")
+    ck.check(f"{where}: --listen on port {expect['port']}",
+             arg_value(args, "--listen") == [f"[::]:{expect['port']}"], str(arg_value(args, "--listen")))
+    writer_only = ("--client-id-file", "--client-secret-file", "--credentials-poll-interval", "--secret",
+                   "--secret-name", "--secret-namespace", "--secret-key", "--token-file", "--events")
+    ck.check(f"{where}: none of the writer's or the sidecar's options",
+             not [a for a in args if a.split("=", 1)[0] in writer_only], str(args))
+    ck.check(f"{where}: --lease-namespace only from extraArgs (default: the pod's namespace)",
+             [a for a in args if a.startswith("--lease-namespace")]
+             == [a for a in expect.get("extraArgs", []) if a.startswith("--lease-namespace")])
+    dupes = sorted({a.split("=", 1)[0] for a in args if a.startswith("--")
+                    and sum(1 for b in args if b.split("=", 1)[0] == a.split("=", 1)[0]) > 1})
+    ck.check(f"{where}: no option given twice", not dupes, f"twice: {dupes}")
+    for extra in expect.get("extraArgs", []):
+        ck.check(f"{where}: extra argument {extra}", extra in args)
+    ck.check(f"{where}: {CONTROLLER} runs as UID {REFRESHER_UID}", effective(c, spec, "runAsUser") == REFRESHER_UID)
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+    ck.check(f"{where}: port http-metrics is {expect['port']}", ports.get("http-metrics") == expect["port"],
+             f"ports={ports}")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        ck.check(f"{where}: {probe} GET {path} on http-metrics",
+                 get.get("path") == path and get.get("port") == "http-metrics", str(get))
+    check_pod_env(ck, where, c)
+    for name, value in expect.get("env", {}).items():
+        env = {e["name"]: e.get("value") for e in c.get("env") or []}
+        ck.check(f"{where}: env {name}={value}", env.get(name) == value, str(env.get(name)))
+    if expect.get("resources") is not None:
+        ck.check(f"{where}: resources {expect['resources']}", c.get("resources") == expect["resources"],
+                 str(c.get("resources")))
+    res = c.get("resources") or {}
+    ck.check(f"{where}: cpu/memory requests and a memory limit",
+             {"cpu", "memory"} <= set(res.get("requests") or {}) and "memory" in (res.get("limits") or {}), str(res))
+    vols = {v["name"]: v for v in spec.get("volumes") or []}
+    ck.check(f"{where}: mounts no Secret volume but a CA bundle's (credentials come from FiskilCredentials)",
+             not [v for v in vols.values() if v.get("secret") and v["name"] != "fiskil-ca"], str(list(vols)))
+    mounts = {m["mountPath"] for m in c.get("volumeMounts") or []}
+    if expect.get("caFile"):
+        ck.check(f"{where}: --ca-file={expect['caFile']}", arg_value(args, "--ca-file") == [expect["caFile"]])
+        ck.check(f"{where}: CA bundle mounted at /etc/fiskil/ca", "/etc/fiskil/ca" in mounts)
+    else:
+        ck.check(f"{where}: no --ca-file and no volume", not arg_value(args, "--ca-file") and not vols)
+
+    sa_name = spec.get("serviceAccountName")
+    if expect.get("serviceAccountCreated", True):
+        sas = [o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == sa_name
+               and o["metadata"].get("namespace") == dep_ns]
+        ck.check(f"{where}: its ServiceAccount {sa_name} exists in {dep_ns}", len(sas) == 1)
+        for sa in sas[:1]:
+            ck.check(f"ServiceAccount/{sa_name}: automountServiceAccountToken false",
+                     sa.get("automountServiceAccountToken") is False)
+    rbac_kinds = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+    if not expect.get("rbac", True):
+        ck.check("no Role, RoleBinding, ClusterRole or ClusterRoleBinding (rbac.create false)",
+                 not [o for o in objs if o["kind"] in rbac_kinds])
+        return
+    every_rule = [r for o in objs if o["kind"] in ("Role", "ClusterRole") for r in o.get("rules") or []]
+    ck.check("no delete or deletecollection verb in any Role or ClusterRole",
+             not [r for r in every_rule if {"delete", "deletecollection"} & set(r.get("verbs") or [])])
+    ck.check("no '*' in any rule's verbs, resources or API groups",
+             not [r for r in every_rule
+                  if "*" in (r.get("verbs") or []) + (r.get("resources") or []) + (r.get("apiGroups") or [])])
+    cluster_roles = [o for o in objs if o["kind"] == "ClusterRole"]
+    ck.check("exactly one ClusterRole", len(cluster_roles) == 1, str(len(cluster_roles)))
+    for role in cluster_roles[:1]:
+        rw = f"ClusterRole/{role['metadata']['name']}"
+        rules = role.get("rules") or []
+        ck.check(f"{rw}: exactly the controller's rules (custom resources read, fiskiltokens/status patch, "
+                 "namespaces read, secrets read/create/patch, events create/patch)",
+                 sorted(map(rule_key, rules)) == sorted(map(rule_key, CONTROLLER_RULES))
+                 and len(rules) == len(CONTROLLER_RULES), str(rules))
+        ck.check(f"{rw}: no resourceNames (the Secrets' names are the FiskilTokens' choice)",
+                 not [r for r in rules if r.get("resourceNames")])
+        crbs = [b for b in objs if b["kind"] == "ClusterRoleBinding"
+                and (b.get("roleRef") or {}) == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                                 "name": role["metadata"]["name"]}]
+        ck.check(f"{rw}: one ClusterRoleBinding to ServiceAccount {dep_ns}/{sa_name}, and no other subject",
+                 len(crbs) == 1 and crbs[0].get("subjects") == [{"kind": "ServiceAccount", "name": sa_name,
+                                                                "namespace": dep_ns}],
+                 str([b.get("subjects") for b in crbs]))
+    ck.check("exactly one ClusterRoleBinding", len([o for o in objs if o["kind"] == "ClusterRoleBinding"]) == 1)
+    lease_roles = [r for r in objs if r["kind"] == "Role" and rules_on(r, "coordination.k8s.io", "leases")]
+    ck.check(f"exactly one Lease Role, in {dep_ns}",
+             len(lease_roles) == 1 and lease_roles[0]["metadata"].get("namespace") == dep_ns,
+             str([(r["metadata"]["name"], r["metadata"].get("namespace")) for r in lease_roles]))
+    for role in lease_roles[:1]:
+        rw = f"Role/{role['metadata']['name']}"
+        rules = role.get("rules") or []
+        named = [r for r in rules if r.get("resourceNames")]
+        unnamed = [r for r in rules if not r.get("resourceNames")]
+        ck.check(f"{rw}: only rules on coordination.k8s.io leases",
+                 rules and all(r.get("apiGroups") == ["coordination.k8s.io"] and r.get("resources") == ["leases"]
+                               for r in rules), str(rules))
+        ck.check(f"{rw}: get, update and watch limited to resourceNames [{expect['leaseName']}]",
+                 len(named) == 1 and named[0]["resourceNames"] == [expect["leaseName"]]
+                 and sorted(named[0].get("verbs") or []) == ["get", "update", "watch"], str(named))
+        ck.check(f"{rw}: create (which cannot be limited by name) and nothing else unnamed",
+                 len(unnamed) == 1 and unnamed[0].get("verbs") == ["create"], str(unnamed))
+        ck.check(f"{rw}: a RoleBinding binds it to ServiceAccount {dep_ns}/{sa_name}",
+                 len(bindings_to(objs, role, sa_name, dep_ns)) == 1)
+    others = [r for r in objs if r["kind"] == "Role" and r not in lease_roles
+              and not rules_on(r, "events.k8s.io", "events")]
+    ck.check("no Role but the Lease's (and the example's Events Role)", not others,
+             str([r["metadata"]["name"] for r in others]))
+
+
 def check_sidecar(ck, dep, expect, native=True):
     where = f"Deployment/{dep['metadata']['name']}"
     spec = pod_spec(dep)
@@ -719,6 +951,15 @@ def chart_expectations(args):
     for e in v["extraEnv"]:
         if "value" in e:
             exp["env"][e["name"]] = e["value"]
+    ctrl = v["controller"]
+    exp["writer"] = bool(v["standalone"]["enabled"] and not ctrl["enabled"])
+    exp["controller"] = dict(exp, replicas=int(ctrl["replicas"]), minAvailable=int(ctrl["pdb"]["minAvailable"]),
+                             leaseName=f"{fullname}-controller"[:63].rstrip("-"),
+                             leaseDuration=ctrl["leaderElection"]["leaseDuration"], extraArgs=ctrl["extraArgs"],
+                             resources=ctrl["resources"]) if ctrl["enabled"] else None
+    with open(args.values) as f:
+        helm_args = next((line[len("# helm-args: "):].split() for line in f if line.startswith("# helm-args: ")), [])
+    exp["crds"] = "--include-crds" in helm_args
     ex = v["example"]
     exp["example"] = dict(exp, tokenFile=ex["tokenFile"], tokenFormat=ex["tokenFormat"],
                           fileMode=str(ex["fileMode"]), appUid=ex["app"]["runAsUser"], appImage=ex["app"]["image"])
@@ -730,10 +971,28 @@ def run_chart(ck, objs, args):
     v = exp["values"]
     # Which objects, exactly.
     want = []
-    if v["standalone"]["enabled"]:
-        want.append(("Deployment", exp["fullname"]))
+    ctrl = exp["controller"]
+    if exp["writer"] or ctrl:
         if v["serviceAccount"]["create"]:
             want.append(("ServiceAccount", v["serviceAccount"]["name"] or exp["fullname"]))
+        if exp["service"]:
+            want.append(("Service", exp["fullname"]))
+        if exp["serviceMonitor"]:
+            want.append(("ServiceMonitor", exp["fullname"]))
+        if v["networkPolicy"]["enabled"]:
+            want.append(("NetworkPolicy", exp["fullname"]))
+    if ctrl:
+        name = ctrl["leaseName"]
+        want.append(("Deployment", name))
+        if v["rbac"]["create"]:
+            want += [("ClusterRole", name), ("ClusterRoleBinding", name),
+                     ("Role", f"{name}-lease"), ("RoleBinding", f"{name}-lease")]
+        if ctrl["replicas"] > 1:
+            want.append(("PodDisruptionBudget", name))
+    if exp["crds"]:
+        want += [("CustomResourceDefinition", name) for name in CRDS]
+    if exp["writer"]:
+        want.append(("Deployment", exp["fullname"]))
         if v["rbac"]["create"]:
             for _ in sorted({ns for ns, _ in exp["targets"]}):
                 want += [("Role", exp["fullname"]), ("RoleBinding", exp["fullname"])]
@@ -741,17 +1000,11 @@ def run_chart(ck, objs, args):
                 want += [("Role", f"{exp['fullname']}-lease"), ("RoleBinding", f"{exp['fullname']}-lease")]
         if exp["replicas"] > 1:
             want.append(("PodDisruptionBudget", exp["fullname"]))
-        if exp["service"]:
-            want.append(("Service", exp["fullname"]))
-        if exp["serviceMonitor"]:
-            want.append(("ServiceMonitor", exp["fullname"]))
-        if v["networkPolicy"]["enabled"]:
-            want.append(("NetworkPolicy", exp["fullname"]))
-    if exp["events"] and v["rbac"]["create"] and (v["standalone"]["enabled"] or v["example"]["enabled"]):
+    if exp["events"] and v["rbac"]["create"] and (exp["writer"] or v["example"]["enabled"]):
         want += [("Role", f"{exp['fullname']}-events"), ("RoleBinding", f"{exp['fullname']}-events")]
     if v["example"]["enabled"]:
         want += [("Deployment", f"{exp['fullname']}-example"), ("ServiceAccount", f"{exp['fullname']}-example")]
-    if exp["createCredentials"] and (v["standalone"]["enabled"] or v["example"]["enabled"]):
+    if exp["createCredentials"] and (exp["writer"] or v["example"]["enabled"]):
         want.append(("Secret", exp["credentialsSecret"]))
     if v["prometheusRule"]["enabled"]:
         want.append(("PrometheusRule", exp["fullname"]))
@@ -764,13 +1017,18 @@ def run_chart(ck, objs, args):
              got == sorted(want), f"got {got}")
 
     for o in objs:
+        if o["kind"] == "CustomResourceDefinition":
+            continue  # from crds/, which Helm does not template: no release labels
         labels = o["metadata"].get("labels") or {}
         missing = [k for k in STANDARD_LABELS if k not in labels]
         ck.check(f"{o['kind']}/{o['metadata']['name']}: standard labels", not missing, f"missing {missing}")
         ck.check(f"{o['kind']}/{o['metadata']['name']}: managed-by Helm, instance {args.release}",
                  labels.get("app.kubernetes.io/managed-by") == "Helm"
                  and labels.get("app.kubernetes.io/instance") == args.release)
-        if o["kind"] not in ("Role", "RoleBinding", "ServiceMonitor", "PrometheusRule", "ConfigMap") + INJECTION_KINDS:
+        if o["kind"] in CLUSTER_KINDS:
+            ck.check(f"{o['kind']}/{o['metadata']['name']}: cluster-scoped, no namespace",
+                     "namespace" not in o["metadata"])
+        elif o["kind"] not in ("Role", "RoleBinding", "ServiceMonitor", "PrometheusRule", "ConfigMap") + INJECTION_KINDS:
             ck.check(f"{o['kind']}/{o['metadata']['name']}: in the release namespace {args.namespace}",
                      o["metadata"].get("namespace") == args.namespace)
         if o["kind"] == "Deployment":
@@ -797,6 +1055,8 @@ def run_chart(ck, objs, args):
                 ck.check(f"Deployment/{o['metadata']['name']}: imagePullSecrets",
                          spec.get("imagePullSecrets") == v["imagePullSecrets"])
             _, c = find_refresher(spec)
+            if c is None:
+                c = next((x for _, x in all_containers(spec) if x["name"] == CONTROLLER), None)
             if c is not None:
                 img = v["image"]
                 want_image = (f"{img['repository']}@{img['digest']}" if img["digest"]
@@ -812,6 +1072,11 @@ def run_chart(ck, objs, args):
 
     check_monitoring(ck, objs, exp, args)
     check_injection(ck, objs, exp)
+    if exp["crds"]:
+        check_crds(ck, objs)
+    else:
+        ck.check("no CustomResourceDefinition without --include-crds",
+                 not [o for o in objs if o["kind"] == "CustomResourceDefinition"])
 
     workloads = [o for o in objs if pod_spec(o) is not None]
     ck.check("has at least one workload", bool(workloads))
@@ -819,8 +1084,15 @@ def run_chart(ck, objs, args):
         check_restricted(ck, o)
     writers = [o for o in workloads if is_writer(o)]
     sidecars = [o for o in workloads if is_sidecar_workload(o)]
-    ck.check(f"{int(v['standalone']['enabled'])} standalone writer(s)",
-             len(writers) == int(v["standalone"]["enabled"]))
+    controllers = [o for o in workloads if is_controller(o)]
+    ck.check(f"{int(exp['writer'])} standalone writer(s)", len(writers) == int(exp["writer"]))
+    ck.check(f"{int(bool(ctrl))} controller(s)", len(controllers) == int(bool(ctrl)))
+    for c in controllers:
+        check_controller(ck, objs, c, ctrl)
+        if exp["service"]:
+            check_service_monitor(ck, objs, c, exp)
+        for policy in (o for o in objs if o["kind"] == "NetworkPolicy"):
+            check_network_policy(ck, policy, c, v["networkPolicy"]["from"])
     ck.check(f"{int(v['example']['enabled'])} sidecar workload(s)", len(sidecars) == int(v["example"]["enabled"]))
     for w in writers:
         check_writer(ck, objs, w, exp)
@@ -850,6 +1122,9 @@ def run_kustomize(ck, objs, name):
     ck.check("has at least one workload", bool(workloads))
     for o in workloads:
         check_restricted(ck, o)
+    if name.startswith("controller"):
+        run_kustomize_controller(ck, objs, workloads)
+        return
     secrets = [o for o in objs if o["kind"] == "Secret"]
     ck.check("includes the credentials Secret (placeholder values)", len(secrets) == 1)
     cred_name = secrets[0]["metadata"]["name"] if secrets else None
@@ -888,6 +1163,30 @@ def run_kustomize(ck, objs, name):
                   and o["metadata"]["name"] == pod_spec(s).get("serviceAccountName")]
             ck.check(f"Deployment/{s['metadata']['name']}: its ServiceAccount exists with automount false",
                      len(sa) == 1 and sa[0].get("automountServiceAccountToken") is False)
+
+
+def run_kustomize_controller(ck, objs, workloads):
+    """deploy/controller: the CustomResourceDefinitions, the controller and its RBAC, no
+    credentials (each FiskilCredential names its own Secret)."""
+    ck.check("no Secret (credentials come from FiskilCredentials)", not [o for o in objs if o["kind"] == "Secret"])
+    namespaced = [o for o in objs if o["kind"] not in CLUSTER_KINDS]
+    nss = {o["metadata"].get("namespace") for o in namespaced}
+    ck.check("every namespaced object has the same namespace", len(nss) == 1 and None not in nss, str(nss))
+    ck.check("cluster-scoped objects have no namespace",
+             not [o for o in objs if o["kind"] in CLUSTER_KINDS and "namespace" in o["metadata"]])
+    check_crds(ck, objs)
+    controllers = [o for o in workloads if is_controller(o)]
+    ck.check("one controller, no other workload", len(controllers) == 1 and len(workloads) == 1)
+    expect = {
+        "port": 9847, "replicas": 2, "minAvailable": 1,
+        "leaseName": "fiskil-token-refresher-controller", "leaseDuration": "15s",
+        "args": {"refreshRatio": "0.8", "refreshJitter": "0.05", "minRefreshInterval": "1s",
+                 "backoffInitial": "1s", "backoffMax": "60s", "backoffMaxExpired": "8s", "connectTimeout": "5s",
+                 "requestTimeout": "30s", "tokenUrl": "https://api.fiskil.com/v1/token", "logFormat": "json",
+                 "logLevel": "info"},
+    }
+    for c in controllers:
+        check_controller(ck, objs, c, expect)
 
 
 def main():

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Server-side dry-run of every rendered chart manifest (each value set in
-# tests/deploy/values/) and of every deploy/ kustomization, against a real
+# tests/deploy/values/, with its "# helm-args:", so cluster mode's
+# values/controller.yaml brings the CustomResourceDefinitions of crds/) and of
+# every deploy/ kustomization (deploy/controller included), against a real
 # kube-apiserver, in namespaces labelled pod-security.kubernetes.io/enforce=restricted.
 #
 #   tests/deploy/dry-run.sh KUBECONFIG
@@ -13,7 +15,8 @@
 # What it does to the cluster (meant for a throwaway one): creates the
 # namespaces the manifests use (labelled restricted), ServiceMonitor and
 # PrometheusRule CRD stand-ins, a PriorityClass, the ServiceAccounts (pods are admitted only with
-# an existing ServiceAccount), and, for the RBAC check, the standalone writer's
+# an existing ServiceAccount), cluster mode's CustomResourceDefinitions (created for
+# real: a dry-run serves no API), and, for the RBAC check, the standalone writer's
 # Role and RoleBinding in a namespace of its own.
 #
 # Checks:
@@ -26,10 +29,19 @@
 # - every pod template, submitted as a Pod ("kubectl create --dry-run=server"),
 #   is admitted under enforce=restricted, and a deliberately non-compliant Pod
 #   is rejected (so the enforcement is known to be on);
+# - cluster mode: the CustomResourceDefinitions are established, the chart
+#   README's FiskilCredential, ClusterFiskilCredential and FiskilToken are
+#   accepted (server-side dry-run), and resources that break the schema's rules
+#   are refused with the rule's message;
 # - RBAC: impersonating the writer's ServiceAccount, a server-side apply of its
 #   Secret (the PATCH the daemon sends) creates and then updates it with only
 #   the Role's verbs, while other Secrets and other verbs are forbidden; and
 #   "patch" alone is shown not to be enough to create it.
+# - cluster mode's RBAC: as the controller's ServiceAccount (kubectl auth can-i
+#   --as), exactly what the ClusterRole and the Lease Role allow: the custom
+#   resources read and fiskiltokens/status patched, namespaces read, Secrets
+#   read, created and patched but never updated or deleted, events.k8s.io
+#   Events, its own Lease; nothing else.
 # Prints one line per check and "N passed, M failed"; exits 1 on any failure.
 set -euo pipefail
 # shellcheck source=tests/deploy/lib.sh
@@ -227,6 +239,133 @@ EOF
 }
 check "negative control: a non-restricted Pod is rejected in ${NAMESPACE}" negative_control
 
+# ------------------------------------------- custom resources (cluster mode) ---
+crds_established() {
+    # A client-side apply, as the fixtures: a second run's dry-run applies of the renders then
+    # find the last-applied annotation (a server-side apply would leave it out, and kubectl
+    # would warn).
+    k apply -f "${REPO_ROOT}/deploy/controller/crds.yaml" &&
+        k wait --for condition=established --timeout=60s \
+            crd/fiskilcredentials.fiskil-token-refresher.io \
+            crd/clusterfiskilcredentials.fiskil-token-refresher.io \
+            crd/fiskiltokens.fiskil-token-refresher.io &&
+        # Discovery may lag behind "established".
+        for _ in $(seq 1 30); do
+            k api-resources --api-group=fiskil-token-refresher.io 2>/dev/null | grep -qw fiskiltokens && return 0
+            sleep 1
+        done
+    return 1
+}
+check "cluster mode: the CustomResourceDefinitions are created and established" crds_established
+cr_accepted() { # cr_accepted FILE: server-side dry-run applied, no warning
+    local errf="${out}/stderr.txt" rc=0
+    k apply --dry-run=server -f "$1" 2>"${errf}" || rc=$?
+    cat "${errf}"
+    [[ ${rc} -eq 0 ]] && ! grep -qi 'warning' "${errf}"
+}
+cr_refused() { # cr_refused FILE MESSAGE: refused by the server, which says MESSAGE
+    local msg rc=0
+    msg="$(k apply --dry-run=server -f "$1" 2>&1)" || rc=$?
+    printf '%s\n' "${msg}"
+    [[ ${rc} -ne 0 ]] && grep -qF -- "$2" <<<"${msg}"
+}
+crs="${out}/custom-resources"
+mkdir -p "${crs}"
+cat >"${crs}/readme.yaml" <<EOF
+apiVersion: fiskil-token-refresher.io/v1alpha1
+kind: FiskilCredential
+metadata:
+  name: fiskil
+  namespace: ${NAMESPACE}
+spec:
+  secretRef:
+    name: fiskil-api
+---
+apiVersion: fiskil-token-refresher.io/v1alpha1
+kind: ClusterFiskilCredential
+metadata:
+  name: fiskil-shared
+spec:
+  secretRef:
+    namespace: ${NAMESPACE}
+    name: fiskil-api
+  allowedNamespaces:
+    names: [payments]
+    selector:
+      matchLabels:
+        fiskil-token-refresher.io/tokens: allowed
+---
+apiVersion: fiskil-token-refresher.io/v1alpha1
+kind: FiskilToken
+metadata:
+  name: fiskil-token
+  namespace: ${NAMESPACE}
+spec:
+  credentialRef:
+    kind: FiskilCredential
+    name: fiskil
+  secretName: fiskil-token
+  refreshRatio: 0.7
+  refreshJitter: 0.1
+EOF
+cat >"${crs}/http-token-url.yaml" <<EOF
+apiVersion: fiskil-token-refresher.io/v1alpha1
+kind: FiskilCredential
+metadata:
+  name: plain-http
+  namespace: ${NAMESPACE}
+spec:
+  secretRef:
+    name: fiskil-api
+  tokenURL: http://api.fiskil.com/v1/token
+EOF
+cat >"${crs}/no-namespace-allowed.yaml" <<EOF
+apiVersion: fiskil-token-refresher.io/v1alpha1
+kind: ClusterFiskilCredential
+metadata:
+  name: nobody
+spec:
+  secretRef:
+    namespace: ${NAMESPACE}
+    name: fiskil-api
+  allowedNamespaces: {}
+EOF
+cat >"${crs}/jitter-not-below-ratio.yaml" <<EOF
+apiVersion: fiskil-token-refresher.io/v1alpha1
+kind: FiskilToken
+metadata:
+  name: jittery
+  namespace: ${NAMESPACE}
+spec:
+  credentialRef:
+    kind: FiskilCredential
+    name: fiskil
+  secretName: fiskil-token
+  refreshJitter: 0.9
+EOF
+cat >"${crs}/credential-kind-secret.yaml" <<EOF
+apiVersion: fiskil-token-refresher.io/v1alpha1
+kind: FiskilToken
+metadata:
+  name: wrong-kind
+  namespace: ${NAMESPACE}
+spec:
+  credentialRef:
+    kind: Secret
+    name: fiskil-api
+  secretName: fiskil-token
+EOF
+check "cluster mode: the README's FiskilCredential, ClusterFiskilCredential and FiskilToken are accepted" \
+    cr_accepted "${crs}/readme.yaml"
+check "cluster mode: a FiskilCredential with an http:// tokenURL is refused" \
+    cr_refused "${crs}/http-token-url.yaml" "tokenURL must be an https:// URL"
+check "cluster mode: a ClusterFiskilCredential allowing no namespace is refused" \
+    cr_refused "${crs}/no-namespace-allowed.yaml" "give names, selector or both"
+check "cluster mode: a FiskilToken whose refreshJitter is not below the default refreshRatio is refused" \
+    cr_refused "${crs}/jitter-not-below-ratio.yaml" "refreshJitter must be less than refreshRatio"
+check "cluster mode: a FiskilToken naming another kind of credential is refused" \
+    cr_refused "${crs}/credential-kind-secret.yaml" "Unsupported value"
+
 # ------------------------------------------------------------------ RBAC ---
 # The standalone writer's Role/RoleBinding (as the chart renders them) applied
 # for real in ${RBAC_NAMESPACE}; then requests as its ServiceAccount.
@@ -339,6 +478,65 @@ patch_only_cannot_create() {
     return "${rc}"
 }
 check "RBAC: with verbs [patch] alone, the apply that creates the Secret is forbidden (403)" patch_only_cannot_create
+
+# ------------------------------------------------------ cluster mode's RBAC ---
+# The controller's ServiceAccount, ClusterRole and Lease Role (as the chart renders them, release
+# "ctrl" so that nothing of the writer's applies) bound for real; then SubjectAccessReviews as
+# that ServiceAccount (kubectl auth can-i --as): what cluster mode needs, and nothing more.
+ctrl_file="${out}/controller-rbac.yaml"
+"${HELM}" template ctrl "${CHART_DIR}" --namespace "${RBAC_NAMESPACE}" --set controller.enabled=true \
+    --show-only templates/serviceaccount.yaml --show-only templates/controller-clusterrole.yaml \
+    --show-only templates/controller-lease-role.yaml >"${ctrl_file}"
+check "cluster mode RBAC: the controller's ServiceAccount, ClusterRole, Lease Role and bindings applied" \
+    k apply -f "${ctrl_file}"
+ctrl_user="system:serviceaccount:${RBAC_NAMESPACE}:ctrl-fiskil-token-refresher"
+ctrl_lease="ctrl-fiskil-token-refresher-controller"
+can_i() { # can_i WANT ARGS...: "kubectl auth can-i ARGS" as the controller says WANT (yes or no)
+    local got
+    # stderr: kubectl warns that a cluster-scoped resource has no namespace.
+    got="$(k auth can-i --as="${ctrl_user}" "${@:2}" 2>"${out}/can-i.err")" || true
+    cat "${out}/can-i.err"
+    echo "can-i ${*:2}: ${got}, want $1"
+    [[ ${got} == "$1" ]]
+}
+crd_group=fiskil-token-refresher.io
+while read -r want args; do
+    [[ -n ${want} ]] || continue
+    read -r -a words <<<"${args}"
+    check "cluster mode RBAC: can-i ${args}: ${want}" can_i "${want}" "${words[@]}"
+done <<EOF
+yes list fiskiltokens.${crd_group} --all-namespaces
+yes watch fiskilcredentials.${crd_group} -n team-a
+yes get clusterfiskilcredentials.${crd_group}
+yes patch fiskiltokens.${crd_group} --subresource=status -n team-a
+no patch fiskiltokens.${crd_group} -n team-a
+no update fiskiltokens.${crd_group} --subresource=status -n team-a
+no create fiskiltokens.${crd_group} -n team-a
+no delete fiskiltokens.${crd_group} -n team-a
+no update fiskilcredentials.${crd_group} -n team-a
+yes list namespaces
+yes watch namespaces
+no update namespaces
+yes list secrets --all-namespaces
+yes watch secrets -n team-a
+yes get secrets -n team-a
+yes create secrets -n team-a
+yes patch secrets -n team-a
+no update secrets -n team-a
+no delete secrets -n team-a
+no deletecollection secrets -n team-a
+yes create events.events.k8s.io -n team-a
+yes patch events.events.k8s.io -n team-a
+no create events -n team-a
+no get configmaps -n team-a
+no list pods --all-namespaces
+yes get leases/${ctrl_lease} -n ${RBAC_NAMESPACE}
+yes update leases/${ctrl_lease} -n ${RBAC_NAMESPACE}
+yes create leases -n ${RBAC_NAMESPACE}
+no update leases/other-lease -n ${RBAC_NAMESPACE}
+no delete leases/${ctrl_lease} -n ${RBAC_NAMESPACE}
+no create leases -n team-a
+EOF
 
 # -------------------------------------------------------------- summary ---
 passed="$(grep -c '^ok ' "${results}" || true)"

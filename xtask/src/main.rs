@@ -8,14 +8,19 @@
 //!   cargo xtask release --registry HOST:PORT --key FILE [--binary PATH] [--out DIR]
 //!                                     push the image and the chart by digest, sign both with
 //!                                     cosign, attest the image's SBOM and provenance
+//!   cargo xtask crds [--check]        the CustomResourceDefinitions of cluster mode as YAML, in
+//!                                     the chart's crds/ and deploy/controller/; --check only
+//!                                     compares
 //!
 //! `sbom` and `image` are reproducible: timestamps come from `SOURCE_DATE_EPOCH`, else the commit time of HEAD.
 
+mod crds;
 mod image;
 mod release;
 mod sbom;
 mod sha256;
 mod tar;
+mod yaml;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +37,7 @@ const USAGE: &str = "usage:
   cargo xtask sbom --out FILE
   cargo xtask image --out DIR [--binary PATH] [--name REF]
   cargo xtask release --registry HOST:PORT --key FILE [--binary PATH] [--out DIR]
+  cargo xtask crds [--check]
 
 sbom   writes a CycloneDX 1.5 JSON SBOM of the crates compiled into the binary ({TARGET})
 image  writes an OCI image layout (DIR/oci-layout, DIR/index.json, DIR/blobs) of the image the
@@ -43,7 +49,9 @@ release  makes that image, pushes it to HOST:PORT/fiskil-token-refresher:VERSION
        digests with the cosign key FILE (password in COSIGN_PASSWORD, no transparency log),
        attests the image with the SBOM (cyclonedx) and a SLSA v1 provenance (slsaprovenance1);
        tools from $CRANE, $COSIGN, $HELM (else PATH); leaves everything it made in DIR
-       (default {RELEASE_OUT}) with release.json; prints the image and chart references.";
+       (default {RELEASE_OUT}) with release.json; prints the image and chart references.
+crds   writes the CustomResourceDefinitions of cluster mode (src/controller/resources.rs) as
+       YAML to {CRDS}; with --check writes nothing and fails when a committed file differs.";
 
 /// Run a program in the workspace root and return its standard output.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
@@ -129,10 +137,18 @@ fn cli(args: &[String]) -> Result<()> {
             .replace("{TARGET}", TARGET)
             .replace("{STATIC_BINARY}", STATIC_BINARY)
             .replace("{RELEASE_OUT}", &release::default_out().to_string_lossy())
+            .replace("{CRDS}", &crds::OUTPUTS.join(" and "))
     };
     let Some((command, rest)) = args.split_first() else {
         return Err(usage().into());
     };
+    if command == "crds" {
+        return match rest {
+            [] => crds::run(false),
+            [flag] if flag == "--check" => crds::run(true),
+            _ => Err(format!("crds takes only --check\n{}", usage()).into()),
+        };
+    }
     let mut options = std::collections::BTreeMap::new();
     let mut it = rest.iter();
     while let Some(flag) = it.next() {

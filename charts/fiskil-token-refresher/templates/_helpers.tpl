@@ -59,7 +59,38 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
-ServiceAccount of the standalone Secret writer.
+"true" when the standalone Secret writer is rendered: standalone.enabled, and
+not cluster mode (controller.enabled replaces the writer).
+*/}}
+{{- define "fiskil-token-refresher.writer" -}}
+{{- if and .Values.standalone.enabled (not .Values.controller.enabled) -}}
+true
+{{- end }}
+{{- end }}
+
+{{/*
+The component whose pods the shared objects (ServiceAccount, Service,
+ServiceMonitor, NetworkPolicy) are for: "controller" in cluster mode,
+"secret-writer" with the standalone writer, else empty (none of them).
+*/}}
+{{- define "fiskil-token-refresher.component" -}}
+{{- if .Values.controller.enabled -}}
+controller
+{{- else if .Values.standalone.enabled -}}
+secret-writer
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the controller's objects (Deployment, ClusterRole, ClusterRoleBinding,
+PodDisruptionBudget) and of its Lease.
+*/}}
+{{- define "fiskil-token-refresher.controllerName" -}}
+{{- printf "%s-controller" (include "fiskil-token-refresher.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+ServiceAccount of the standalone Secret writer, or of the controller.
 */}}
 {{- define "fiskil-token-refresher.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
@@ -185,14 +216,54 @@ writer creates it when it is missing. The API server cannot limit a create by na
 name in its URL), so "create" is a rule of its own without resourceNames.
 */}}
 {{- define "fiskil-token-refresher.leaseRules" -}}
+{{- include "fiskil-token-refresher.leaseRulesFor" (include "fiskil-token-refresher.leaseName" .) }}
+{{- end }}
+
+{{/*
+The same rules for the Lease named by the argument (a string).
+*/}}
+{{- define "fiskil-token-refresher.leaseRulesFor" -}}
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   resourceNames:
-    - {{ include "fiskil-token-refresher.leaseName" . | quote }}
+    - {{ . | quote }}
   verbs: ["get", "update", "watch"]
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
   verbs: ["create"]
+{{- end }}
+
+{{/*
+The controller's ClusterRole rules, the least that cluster mode needs:
+- its custom resources: get, list and watch; patch of fiskiltokens/status
+  (server-side apply of the status);
+- namespaces: get, list and watch, to match ClusterFiskilCredential
+  allowedNamespaces.selector against namespace labels;
+- secrets: get, list and watch (it lists and watches with a metadata.name field
+  selector, one credential Secret at a time; RBAC cannot limit that by name),
+  create and patch (server-side apply of each FiskilToken's Secret). No delete:
+  the Secrets carry an ownerReference to their FiskilToken, and the garbage
+  collector deletes them with it;
+- events.k8s.io events: create, and patch to fold repeats into a series.
+deploy/controller/clusterrole.yaml holds the same rules (tests/deploy/chart.sh
+compares them).
+*/}}
+{{- define "fiskil-token-refresher.controllerRules" -}}
+- apiGroups: ["fiskil-token-refresher.io"]
+  resources: ["fiskiltokens", "fiskilcredentials", "clusterfiskilcredentials"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["fiskil-token-refresher.io"]
+  resources: ["fiskiltokens/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
 {{- end }}
 
 {{/*
@@ -231,7 +302,7 @@ template that renders the refresher, so a bad combination fails the render.
 {{- if and .Values.ca.configMap .Values.ca.secret }}
 {{- fail "ca: set configMap or secret, not both" }}
 {{- end }}
-{{- if and (gt (int .Values.standalone.replicas) 1) (not .Values.leaderElection.enabled) }}
+{{- if and (include "fiskil-token-refresher.writer" .) (gt (int .Values.standalone.replicas) 1) (not .Values.leaderElection.enabled) }}
 {{- fail (printf "standalone.replicas is %v but leaderElection.enabled is false: replicas without leader election would all write the Secret; set leaderElection.enabled: true or standalone.replicas: 1" .Values.standalone.replicas) }}
 {{- end }}
 {{- if and .Values.tokenSecret.targets .Values.tokenSecret.namespace }}
@@ -257,6 +328,46 @@ template that renders the refresher, so a bad combination fails the render.
 {{- fail (printf "example.tokenEndpoint.port and example.proxy.port must differ from port (%v), the health and metrics port" $.Values.port) }}
 {{- end }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of the controller's values that the JSON schema cannot express.
+*/}}
+{{- define "fiskil-token-refresher.validateController" -}}
+{{- with .Values.controller }}
+{{- if and (gt (int .replicas) 1) (ge (int .pdb.minAvailable) (int .replicas)) }}
+{{- fail (printf "controller.pdb.minAvailable (%v) must be below controller.replicas (%v): the PodDisruptionBudget would block every drain" .pdb.minAvailable .replicas) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The controller's arguments: the subcommand, leader election, the token
+endpoint, the timings, the listen address, logging and the CA bundle.
+*/}}
+{{- define "fiskil-token-refresher.controllerArgs" -}}
+- controller
+- --leader-elect
+- {{ printf "--lease-name=%s" (include "fiskil-token-refresher.controllerName" .) | quote }}
+- {{ printf "--lease-duration=%s" .Values.controller.leaderElection.leaseDuration | quote }}
+- {{ printf "--token-url=%s" .Values.tokenUrl | quote }}
+- {{ printf "--refresh-ratio=%v" .Values.refreshRatio | quote }}
+- {{ printf "--refresh-jitter=%v" .Values.refreshJitter | quote }}
+- {{ printf "--min-refresh-interval=%s" .Values.minRefreshInterval | quote }}
+- {{ printf "--backoff-initial=%s" .Values.backoffInitial | quote }}
+- {{ printf "--backoff-max=%s" .Values.backoffMax | quote }}
+- {{ printf "--backoff-max-expired=%s" .Values.backoffMaxExpired | quote }}
+- {{ printf "--connect-timeout=%s" .Values.connectTimeout | quote }}
+- {{ printf "--request-timeout=%s" .Values.requestTimeout | quote }}
+- {{ printf "--listen=[::]:%v" .Values.port | quote }}
+- {{ printf "--log-format=%s" .Values.logFormat | quote }}
+- {{ printf "--log-level=%s" .Values.logLevel | quote }}
+{{- if or .Values.ca.configMap .Values.ca.secret }}
+- {{ printf "--ca-file=/etc/fiskil/ca/%s" .Values.ca.key | quote }}
+{{- end }}
+{{- with .Values.controller.extraArgs }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
@@ -303,32 +414,17 @@ Environment shared by both containers: proxy settings and extraEnv.
 {{- end }}
 
 {{/*
-Volume mounts shared by both containers.
+The CA bundle's volume mount and volume (the controller's only ones), when
+ca.configMap or ca.secret is set.
 */}}
-{{- define "fiskil-token-refresher.volumeMounts" -}}
-- name: fiskil-credentials
-  mountPath: /var/run/secrets/fiskil
-  readOnly: true
+{{- define "fiskil-token-refresher.caVolumeMount" -}}
 {{- if or .Values.ca.configMap .Values.ca.secret }}
 - name: fiskil-ca
   mountPath: /etc/fiskil/ca
   readOnly: true
 {{- end }}
 {{- end }}
-
-{{/*
-Volumes shared by both pods.
-*/}}
-{{- define "fiskil-token-refresher.volumes" -}}
-- name: fiskil-credentials
-  secret:
-    secretName: {{ include "fiskil-token-refresher.credentialsSecretName" . }}
-    defaultMode: 0440
-    items:
-      - key: {{ include "fiskil-token-refresher.clientIdKey" . }}
-        path: client_id
-      - key: {{ include "fiskil-token-refresher.clientSecretKey" . }}
-        path: client_secret
+{{- define "fiskil-token-refresher.caVolume" -}}
 {{- if .Values.ca.configMap }}
 - name: fiskil-ca
   configMap:
@@ -347,9 +443,36 @@ Volumes shared by both pods.
 {{- end }}
 
 {{/*
+Volume mounts shared by both containers.
+*/}}
+{{- define "fiskil-token-refresher.volumeMounts" -}}
+- name: fiskil-credentials
+  mountPath: /var/run/secrets/fiskil
+  readOnly: true
+{{- include "fiskil-token-refresher.caVolumeMount" . }}
+{{- end }}
+
+{{/*
+Volumes shared by both pods.
+*/}}
+{{- define "fiskil-token-refresher.volumes" -}}
+- name: fiskil-credentials
+  secret:
+    secretName: {{ include "fiskil-token-refresher.credentialsSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "fiskil-token-refresher.clientIdKey" . }}
+        path: client_id
+      - key: {{ include "fiskil-token-refresher.clientSecretKey" . }}
+        path: client_secret
+{{- include "fiskil-token-refresher.caVolume" . }}
+{{- end }}
+
+{{/*
 The refresher container's fields other than name, args and probes: image,
 ports, env, resources, securityContext. Pass a dict with "ctx" (the root
-context) and "podEnv" (true: add POD_NAME, POD_NAMESPACE and POD_UID).
+context) and "podEnv" (true: add POD_NAME, POD_NAMESPACE and POD_UID), and
+optionally "resources" (default: the resources value).
 */}}
 {{- define "fiskil-token-refresher.containerCommon" -}}
 {{- $ctx := .ctx -}}
@@ -370,7 +493,7 @@ env:
 {{- end }}
 {{- end }}
 resources:
-  {{- toYaml $ctx.Values.resources | nindent 2 }}
+  {{- toYaml (.resources | default $ctx.Values.resources) | nindent 2 }}
 securityContext:
   {{- toYaml $ctx.Values.securityContext | nindent 2 }}
 {{- end }}
