@@ -178,7 +178,7 @@ async fn fiskiltokens_in_many_namespaces_share_one_exchange_per_credential() {
             "0",
             "--leader-elect",
             "--lease-name",
-            "fiskil-controller",
+            "fiskil-token-refresher-controller",
         ],
     );
 
