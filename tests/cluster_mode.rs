@@ -9,7 +9,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use fiskil_stand_in::StandIn;
 use k8s_openapi::api::core::v1::Secret;
@@ -21,7 +21,8 @@ use support::cluster_mode::{
     api, controller_identity, create, delete, install_definitions, namespace, ready,
     remove_identity, secret, spawn_controller,
 };
-use support::control_plane::Cluster;
+use support::control_plane::{Cluster, SECRET};
+use support::leader_election::{check_secret_versions, lease_terms, Sampler, Watch};
 use support::{eventually_async, TempDir};
 
 /// The tests share one control plane and each runs a controller that sees every FiskilToken:
@@ -544,5 +545,172 @@ async fn a_fiskiltoken_reaches_nothing_outside_what_its_namespace_may_use() {
     }
     delete(&cluster, "FiskilCredential", Some(&allowed), "own").await;
     delete(&cluster, "ClusterFiskilCredential", None, &shared).await;
+    remove_identity(&cluster, &ops).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster: tests/cluster/up.sh DIR, then FISKIL_CLUSTER_DIR=DIR"]
+async fn killed_controllers_hand_over_without_two_writers_or_an_expired_secret() {
+    let _alone = ONE_CONTROLLER.lock().await;
+    let kills = setting("FISKIL_CLUSTER_MODE_KILLS", 10);
+    let cluster = Cluster::connect().await;
+    install_definitions(&cluster).await;
+    let run = std::process::id();
+    let work = TempDir::new("cluster-kills");
+    let client_id = format!("client-k-{run}");
+    let client_secret = format!("sekrit-kills-{run:08x}");
+    let stand_in = StandIn::start(&client_id, &client_secret, 300);
+    let ca = work.path().join("ca.pem");
+    std::fs::write(&ca, stand_in.ca_pem()).unwrap();
+    let ops = format!("kills-ops-{run}");
+    namespace(&cluster, &ops, json!({})).await;
+    secret(
+        &cluster,
+        &ops,
+        "cred",
+        json!({"client_id": client_id, "client_secret": client_secret}),
+    )
+    .await;
+    let targets: Vec<String> = (0..3).map(|i| format!("kills-{run}-{i}")).collect();
+    for ns in &targets {
+        namespace(&cluster, ns, json!({})).await;
+    }
+    let credential = format!("kills-{run}");
+    create(
+        &cluster,
+        json!({
+            "kind": "ClusterFiskilCredential",
+            "metadata": {"name": credential},
+            "spec": {
+                "secretRef": {"namespace": ops, "name": "cred"},
+                "allowedNamespaces": {"names": targets},
+            },
+        }),
+    )
+    .await
+    .unwrap();
+    for ns in &targets {
+        create(
+            &cluster,
+            json!({
+                "kind": "FiskilToken",
+                "metadata": {"name": "t", "namespace": ns},
+                "spec": {
+                    "credentialRef": {"kind": "ClusterFiskilCredential", "name": credential},
+                    "secretName": SECRET,
+                },
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    let lease_name = "fiskil-token-refresher-controller";
+    let mut secrets = Vec::new();
+    for ns in &targets {
+        let path = format!("/api/v1/namespaces/{ns}/secrets");
+        secrets.push(Watch::start(&cluster, &path, SECRET).await);
+    }
+    let lease_path = format!("/apis/coordination.k8s.io/v1/namespaces/{ops}/leases");
+    let lease = Watch::start(&cluster, &lease_path, lease_name).await;
+    let kubeconfig = controller_identity(&cluster, &ops, work.path()).await;
+    let mut generation = 0;
+    let mut spawn = || {
+        generation += 1;
+        let identity = format!("controller-{generation}");
+        let daemon = spawn_controller(
+            &kubeconfig,
+            &ops,
+            &identity,
+            &[
+                "--token-url",
+                &stand_in.url(),
+                "--ca-file",
+                ca.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--leader-elect",
+                "--lease-name",
+                lease_name,
+                "--lease-duration",
+                "3s",
+            ],
+        );
+        (identity, daemon)
+    };
+    let mut controllers = vec![spawn(), spawn()];
+    let mut retired = Vec::new();
+    lease.wait(Duration::from_secs(60), 0, "a Lease holder", |e| {
+        e.holder().is_some()
+    });
+    let sampler = Sampler::start(&cluster, &targets, Duration::from_millis(200));
+    // A follower takes over a lease duration (3 s) plus the 2 s margin after the last renewal
+    // it saw, trying every retry period; 3 s more for a busy machine.
+    let bound = Duration::from_secs(3 + 2 + 3);
+    let mut takeovers = Vec::new();
+    for _ in 0..kills {
+        let holder = eventually_async("a Lease holder", Duration::from_secs(30), || async {
+            lease.events().last().and_then(|e| e.holder())
+        })
+        .await;
+        // Every target written in this term before the next kill.
+        eventually_async("every target written", Duration::from_secs(30), || async {
+            let mut all = true;
+            for ns in &targets {
+                let secrets: Api<Secret> = Api::namespaced(cluster.admin.clone(), ns);
+                all &= token_in(&secrets, SECRET).await.as_ref() == stand_in.issued().last();
+            }
+            all
+        })
+        .await;
+        // Kill at a random point of the renew cycle.
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..1000))).await;
+        let Some(at) = controllers.iter().position(|(id, _)| *id == holder) else {
+            panic!("the Lease holder {holder} is none of the running controllers");
+        };
+        let seen = lease.len();
+        let killed = Instant::now();
+        controllers[at].1.signal("KILL");
+        let next = lease.wait(bound * 3, seen, "a new Lease holder", |e| {
+            e.holder().is_some_and(|h| h != holder)
+        });
+        takeovers.push(next.at - killed);
+        retired.push(controllers.remove(at));
+        controllers.push(spawn());
+    }
+    let end = SystemTime::now();
+    let terms = lease_terms(&lease.events());
+    let issued = stand_in.issued();
+    let mut versions = 0;
+    for (ns, watch) in targets.iter().zip(&secrets) {
+        versions += check_secret_versions(ns, &watch.events(), &issued, Some(&terms), end);
+    }
+    let samples = sampler.check(&issued);
+    takeovers.sort();
+    let worst = takeovers.last().copied().unwrap_or_default();
+    println!(
+        "{kills} SIGKILLs: {} terms, {versions} Secret versions over {} targets, {samples} samples, {} token requests; takeover median {:?}, max {worst:?}",
+        terms.len(),
+        targets.len(),
+        issued.len(),
+        takeovers.get(takeovers.len() / 2).copied().unwrap_or_default()
+    );
+    assert!(
+        terms.len() > kills,
+        "{} terms for {kills} kills",
+        terms.len()
+    );
+    assert!(worst <= bound, "a takeover took {worst:?}, over {bound:?}");
+    for (_, daemon) in &mut controllers {
+        daemon.signal("TERM");
+        daemon.wait_exit(Duration::from_secs(20));
+    }
+    for (_, daemon) in retired.iter().chain(controllers.iter()) {
+        let logs = daemon.logs().join("\n");
+        assert!(!logs.contains(&client_secret), "a client secret leaked");
+    }
+    for ns in &targets {
+        delete(&cluster, "FiskilToken", Some(ns), "t").await;
+    }
+    delete(&cluster, "ClusterFiskilCredential", None, &credential).await;
     remove_identity(&cluster, &ops).await;
 }
