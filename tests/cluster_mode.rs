@@ -23,7 +23,7 @@ use support::cluster_mode::{
 };
 use support::control_plane::{Cluster, SECRET};
 use support::leader_election::{check_secret_versions, lease_terms, Sampler, Watch};
-use support::{eventually_async, TempDir};
+use support::{eventually, eventually_async, TempDir};
 
 /// The tests share one control plane and each runs a controller that sees every FiskilToken:
 /// one at a time.
@@ -135,6 +135,39 @@ async fn fiskiltokens_in_many_namespaces_share_one_exchange_per_credential() {
     )
     .await
     .expect("create ClusterFiskilCredential b");
+    let kubeconfig = controller_identity(&cluster, &ops, work.path()).await;
+    let mut controller = spawn_controller(
+        &kubeconfig,
+        &ops,
+        "controller-0",
+        &[
+            "--token-url",
+            &stand_in_a.url(),
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--refresh-ratio",
+            "0.5",
+            "--refresh-jitter",
+            "0",
+            "--leader-elect",
+            "--lease-name",
+            "fiskil-token-refresher-controller",
+        ],
+    );
+
+    // The leader is ready once it holds the Lease and has listed everything; FiskilTokens
+    // created from then on are new to it.
+    eventually(
+        "the controller ready as the leader",
+        Duration::from_secs(60),
+        || {
+            controller.metric("fiskil_token_refresher_leader") == 1.0
+                && controller.get("/readyz").0 == 200
+        },
+    );
+    let started = Instant::now();
     let mut targets = Vec::new();
     for j in 0..tokens {
         let ns = team(j % namespaces);
@@ -159,29 +192,6 @@ async fn fiskiltokens_in_many_namespaces_share_one_exchange_per_credential() {
         .expect("create FiskilToken");
         targets.push((ns, name, format!("fiskil-token-{j}"), credential == &cred_a));
     }
-
-    let kubeconfig = controller_identity(&cluster, &ops, work.path()).await;
-    let started = Instant::now();
-    let mut controller = spawn_controller(
-        &kubeconfig,
-        &ops,
-        "controller-0",
-        &[
-            "--token-url",
-            &stand_in_a.url(),
-            "--ca-file",
-            ca.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--refresh-ratio",
-            "0.5",
-            "--refresh-jitter",
-            "0",
-            "--leader-elect",
-            "--lease-name",
-            "fiskil-token-refresher-controller",
-        ],
-    );
 
     // Every Secret holds the newest token its credential's endpoint issued (at least `issued`
     // of them), and says Ready.
@@ -216,7 +226,7 @@ async fn fiskiltokens_in_many_namespaces_share_one_exchange_per_credential() {
     )
     .await;
     let converged = started.elapsed();
-    println!("{tokens} FiskilTokens in {namespaces} namespaces converged in {converged:?}");
+    println!("{tokens} new FiskilTokens in {namespaces} namespaces converged in {converged:?}");
 
     // The second token of each credential reaches every Secret too.
     eventually_async(
@@ -305,8 +315,35 @@ async fn fiskiltokens_in_many_namespaces_share_one_exchange_per_credential() {
     assert_eq!(users as usize, targets.iter().filter(|t| t.3).count());
     let (_, metrics) = controller.get("/metrics");
     assert!(!metrics.contains("t-0\""), "no series per FiskilToken");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for family in metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = match family.split_once(' ') {
+            Some((name, "counter")) => format!("{name}_total"),
+            Some((name, _)) => name.to_owned(),
+            None => family.to_owned(),
+        };
+        assert!(
+            readme.contains(&format!("`{name}")),
+            "README does not document {name}"
+        );
+    }
     let (code, body) = controller.get("/readyz");
     assert_eq!(code, 200, "{body}");
+    let memory = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", controller.pid()))
+        .unwrap_or_default();
+    let kib = |field: &str| {
+        memory
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|v| v.trim().trim_end_matches(" kB").to_owned())
+            .unwrap_or_default()
+    };
+    println!(
+        "controller with {tokens} FiskilTokens: RSS {} KiB, anonymous {} KiB",
+        kib("Rss:"),
+        kib("Anonymous:")
+    );
 
     // Nothing secret in the logs.
     let logs = controller.logs().join("\n");

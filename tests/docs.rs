@@ -84,6 +84,19 @@ fn every_explain_option_is_in_the_readme() {
     check_rows(options, &readme());
 }
 
+/// `controller` takes the daemon's endpoint, timing, leader election, listener and logging
+/// options: the same rows.
+#[test]
+fn every_controller_option_is_in_the_readme() {
+    let options = options(&help_of(&["controller"]));
+    assert!(
+        options.len() >= 17,
+        "controller shows only {} options",
+        options.len()
+    );
+    check_rows(options, &readme());
+}
+
 fn check_rows(options: Vec<(String, String, Option<String>)>, readme: &str) {
     for (flag, env, default) in options {
         let row = readme
