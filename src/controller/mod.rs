@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use kube::runtime::events::{Recorder, Reporter as EventReporter};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,6 +44,8 @@ use self::metrics::ControllerMetrics;
 use self::reconcile::Reconciler;
 use self::target::TokenRef;
 
+/// FiskilTokens' writers calling the API server at once.
+const WRITERS_AT_ONCE: usize = 8;
 /// Drain: how long writes in progress may take to finish.
 const DRAIN_WRITERS: Duration = Duration::from_secs(4);
 /// Drain: how long giving the Lease up may take.
@@ -246,6 +249,7 @@ async fn serve_until_drained(
         ),
         tally: Arc::new(Tally::new(Arc::clone(&metrics))),
         timeout: config.http.request_timeout,
+        slots: Arc::new(Semaphore::new(WRITERS_AT_ONCE)),
     };
     let synced = Arc::clone(&status);
     reconciler

@@ -16,7 +16,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -79,6 +79,8 @@ pub(crate) struct Reconciler {
     pub tally: Arc<Tally>,
     /// Time allowed for one API call.
     pub timeout: Duration,
+    /// Shared by the writers: see [`Writer::slots`].
+    pub slots: Arc<Semaphore>,
 }
 
 impl Reconciler {
@@ -242,6 +244,8 @@ impl Reconciler {
         for key in state.forgotten(&users) {
             self.shared.metrics.forget(&key.to_string());
         }
+        // A pass follows a burst of decoding (a list, many changes): hand back what it freed.
+        crate::memory::release_soon();
     }
 
     fn start_writer(
@@ -288,6 +292,7 @@ impl Reconciler {
             metrics: Arc::clone(&self.shared.metrics),
             timing: self.timing,
             timeout: self.timeout,
+            slots: Arc::clone(&self.slots),
         };
         let span = tracing::info_span!("fiskiltoken", namespace, name = %token.name_any());
         self.shared

@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::Api;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -195,6 +196,9 @@ pub(crate) struct Writer {
     pub timing: Timing,
     /// Time allowed for one API call.
     pub timeout: Duration,
+    /// Writers calling the API server at once: each call in flight holds a connection (and its
+    /// TLS buffers), so 200 FiskilTokens refreshed together share a few.
+    pub slots: Arc<Semaphore>,
 }
 
 /// How the last attempt to write went.
@@ -236,6 +240,10 @@ impl Writer {
                 }
                 _ => true,
             };
+            // Closed only when the controller stops.
+            let Ok(slot) = self.slots.acquire().await else {
+                return;
+            };
             if let Some(token) = token.as_deref() {
                 let fresh = written.is_none_or(|(expires, _)| expires != token.expires_at());
                 if fresh && due {
@@ -259,6 +267,7 @@ impl Writer {
             if self.leadership.permit().is_some() {
                 self.reporter.publish(&readiness, times, self.timeout).await;
             }
+            drop(slot);
             let wake = wake_at(&last, written);
             tokio::select! {
                 () = stop.cancelled() => return,
