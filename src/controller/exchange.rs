@@ -167,16 +167,11 @@ struct Run {
 
 impl Run {
     async fn run(mut self) {
-        let client = match token_client(&self.shared.http, self.source.token_url.as_deref()) {
+        // Taken by the refresh loop when the first credentials are read.
+        let mut client = match token_client(&self.shared.http, self.source.token_url.as_deref()) {
             Ok(client) => Some(client),
             Err(message) => {
                 self.set_trouble(CREDENTIAL_INVALID, message);
-                None
-            }
-        };
-        let mut client = match client {
-            Some(client) => Some(client),
-            None => {
                 self.stop.cancelled().await;
                 return;
             }
@@ -390,5 +385,81 @@ impl Observer for CredentialObserver {
     fn scheduled(&self, next: SystemTime) {
         self.metrics.set_next_refresh(&self.label, next);
         self.next.send_replace(Some(next));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use secrecy::ExposeSecret;
+
+    fn source() -> CredentialSource {
+        CredentialSource {
+            secret: ObjectName {
+                namespace: "ops".into(),
+                name: "cred".into(),
+            },
+            client_id_key: "id".into(),
+            client_secret_key: "secret".into(),
+            token_url: None,
+        }
+    }
+
+    fn secret(pairs: &[(&str, &[u8])]) -> Secret {
+        Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn credentials_come_from_the_named_keys_and_errors_never_show_a_value() {
+        let read = read_credentials(
+            &secret(&[("id", b" client \n"), ("secret", b"sekrit-value")]),
+            &source(),
+        )
+        .unwrap();
+        assert_eq!(read.client_id.expose_secret(), "client");
+        assert_eq!(read.client_secret.expose_secret(), "sekrit-value");
+        let missing = read_credentials(&secret(&[("id", b"client")]), &source()).unwrap_err();
+        assert_eq!(missing, "the key secret of the Secret ops/cred is missing");
+        let empty = read_credentials(
+            &secret(&[("id", b"client"), ("secret", b"  \n")]),
+            &source(),
+        )
+        .unwrap_err();
+        assert!(empty.ends_with("is empty"), "{empty}");
+        let binary = read_credentials(
+            &secret(&[("id", b"client"), ("secret", b"sekrit-\xff")]),
+            &source(),
+        )
+        .unwrap_err();
+        assert!(binary.ends_with("is not UTF-8 text") && !binary.contains("sekrit"));
+        let huge = vec![b'x'; MAX_CREDENTIAL_BYTES as usize + 1];
+        let too_big = read_credentials(&secret(&[("id", b"client"), ("secret", &huge)]), &source())
+            .unwrap_err();
+        assert!(too_big.contains("larger than"), "{too_big}");
+    }
+
+    #[test]
+    fn a_credential_names_its_kind_namespace_and_name_in_the_metrics() {
+        let namespaced = CredentialKey {
+            kind: CredentialKind::FiskilCredential,
+            namespace: Some("team".into()),
+            name: "own".into(),
+        };
+        assert_eq!(namespaced.to_string(), "FiskilCredential/team/own");
+        let cluster = CredentialKey {
+            kind: CredentialKind::ClusterFiskilCredential,
+            namespace: None,
+            name: "shared".into(),
+        };
+        assert_eq!(cluster.to_string(), "ClusterFiskilCredential/shared");
     }
 }

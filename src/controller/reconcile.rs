@@ -467,3 +467,110 @@ fn shared_timing(default: Timing, tokens: &[&FiskilToken]) -> Timing {
     }
     timing
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::resources::{
+        AllowedNamespaces, ClusterFiskilCredentialSpec, ClusterSecretRef, CredentialRef,
+        FiskilTokenSpec,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    fn credential(allowed: AllowedNamespaces) -> ClusterFiskilCredential {
+        ClusterFiskilCredential::new(
+            "shared",
+            ClusterFiskilCredentialSpec {
+                secret_ref: ClusterSecretRef {
+                    namespace: "ops".into(),
+                    name: "cred".into(),
+                    client_id_key: "client_id".into(),
+                    client_secret_key: "client_secret".into(),
+                },
+                token_url: None,
+                allowed_namespaces: allowed,
+            },
+        )
+    }
+
+    fn namespaces(labelled: &[(&str, &str, &str)]) -> Store<PartialObjectMeta<Namespace>> {
+        let (store, mut writer) = reflector::store();
+        for (name, key, value) in labelled {
+            let mut meta: PartialObjectMeta<Namespace> = PartialObjectMeta::default();
+            meta.metadata.name = Some((*name).to_owned());
+            meta.metadata.labels = Some([((*key).to_owned(), (*value).to_owned())].into());
+            writer.apply_watcher_event(&watcher::Event::Apply(meta));
+        }
+        store
+    }
+
+    #[test]
+    fn a_cluster_credential_allows_the_namespaces_it_names_or_selects_and_no_others() {
+        let seen = namespaces(&[("team-a", "tokens", "yes"), ("team-b", "tokens", "no")]);
+        let named = credential(AllowedNamespaces {
+            names: Some(vec!["team-b".into()]),
+            selector: None,
+        });
+        assert!(allows(&named, "team-b", &seen));
+        assert!(!allows(&named, "team-a", &seen));
+        let selected = credential(AllowedNamespaces {
+            names: None,
+            selector: Some(LabelSelector {
+                match_labels: Some([("tokens".to_owned(), "yes".to_owned())].into()),
+                ..LabelSelector::default()
+            }),
+        });
+        assert!(allows(&selected, "team-a", &seen));
+        assert!(!allows(&selected, "team-b", &seen));
+        assert!(
+            !allows(&selected, "unseen", &seen),
+            "a namespace not listed yet"
+        );
+        let everyone = credential(AllowedNamespaces {
+            names: None,
+            selector: Some(LabelSelector::default()),
+        });
+        assert!(allows(&everyone, "team-b", &seen));
+        assert!(!allows(
+            &credential(AllowedNamespaces::default()),
+            "team-a",
+            &seen
+        ));
+    }
+
+    #[test]
+    fn a_shared_credential_refreshes_at_the_earliest_point_any_token_asks_for() {
+        let default = Timing {
+            ratio: 0.8,
+            jitter: 0.05,
+            min_interval: Duration::from_secs(1),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            backoff_max_expired: Duration::from_secs(8),
+        };
+        let token = |ratio: Option<f64>, jitter: Option<f64>| {
+            FiskilToken::new(
+                "t",
+                FiskilTokenSpec {
+                    credential_ref: CredentialRef {
+                        kind: CredentialKind::FiskilCredential,
+                        name: "c".into(),
+                    },
+                    secret_name: "s".into(),
+                    refresh_ratio: ratio,
+                    refresh_jitter: jitter,
+                },
+            )
+        };
+        assert_eq!(shared_timing(default, &[]), default);
+        let (plain, early, odd) = (
+            token(None, None),
+            token(Some(0.5), Some(0.1)),
+            token(Some(0.3), Some(0.4)),
+        );
+        let timing = shared_timing(default, &[&plain, &early]);
+        assert_eq!((timing.ratio, timing.jitter), (0.5, 0.1));
+        let unchanged = shared_timing(default, &[&plain, &odd]);
+        assert_eq!(unchanged, default, "a jitter above the ratio is ignored");
+    }
+}
