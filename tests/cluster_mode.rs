@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fiskil_stand_in::StandIn;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::cluster_mode::{
@@ -254,6 +254,48 @@ async fn fiskiltokens_in_many_namespaces_share_one_exchange_per_credential() {
         }
     }
 
+    // A rotated credential Secret: the token comes with the new values (the old ones are
+    // refused from now on), and every Secret of that credential gets it.
+    let rotated = format!("sekrit-b2-{run:08x}");
+    stand_in_b.accept(&client_b, &rotated);
+    let before = stand_in_b.issued().len();
+    Api::<Secret>::namespaced(cluster.admin.clone(), &ops)
+        .patch(
+            "cred-b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"secret": rotated}})),
+        )
+        .await
+        .expect("rotate the credential Secret");
+    eventually_async(
+        "every Secret of credential b with a token of the rotated credentials",
+        Duration::from_secs(60),
+        || async {
+            let issued = stand_in_b.issued();
+            if issued.len() <= before {
+                return Err("no token for the rotated credentials yet".to_owned());
+            }
+            for (ns, name, secret_name, uses_a) in &targets {
+                if *uses_a {
+                    continue;
+                }
+                let secrets: Api<Secret> = Api::namespaced(cluster.admin.clone(), ns);
+                let held = token_in(&secrets, secret_name).await;
+                if held.is_none_or(|t| !issued[before..].contains(&t)) {
+                    return Err(format!("{ns}/{secret_name} holds an older token"));
+                }
+                let object = api(&cluster, "FiskilToken", Some(ns)).get(name).await;
+                let state = object.ok().as_ref().and_then(ready);
+                if state != Some(("True".into(), "TokenValid".into())) {
+                    return Err(format!("{ns}/{name} is {state:?}"));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    assert!(controller.logs_contain("the credentials changed"));
+
     // Status, ownership and what kubectl shows.
     for (ns, name, secret_name, _) in &targets {
         let object = api(&cluster, "FiskilToken", Some(ns))
@@ -347,7 +389,7 @@ async fn fiskiltokens_in_many_namespaces_share_one_exchange_per_credential() {
 
     // Nothing secret in the logs.
     let logs = controller.logs().join("\n");
-    for secret in [&secret_a, &secret_b] {
+    for secret in [&secret_a, &secret_b, &rotated] {
         assert!(!logs.contains(secret.as_str()), "a client secret leaked");
     }
     for token in stand_in_a.issued().iter().chain(stand_in_b.issued().iter()) {
