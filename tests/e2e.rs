@@ -19,6 +19,7 @@ use support::pods::{
 const TOKEN_FILE: &str = "/var/run/fiskil/token";
 const EXAMPLE: &str = "app.kubernetes.io/component=example";
 const WRITER: &str = "app.kubernetes.io/component=secret-writer";
+const CONTROLLER: &str = "app.kubernetes.io/component=controller";
 const CREDENTIALS: &str = "fiskil-api";
 const CA: &str = "stand-in-ca";
 const POD_START: Duration = Duration::from_secs(180);
@@ -437,16 +438,7 @@ fn the_standalone_writer_keeps_the_secret_that_consumer_pods_mount() {
         Duration::from_secs(4 * EXPIRES_IN as u64),
         NODE_PROBE_EVERY,
         || {
-            changes = timestamped(
-                &ns.try_kubectl(&["logs", "consumer", "--timestamps"])
-                    .unwrap_or_default(),
-            )
-            .into_iter()
-            .filter_map(|(at, line)| {
-                let expires = line.strip_prefix("token changed; expires_at=")?;
-                Some((at, humantime::parse_rfc3339_weak(expires).ok()?))
-            })
-            .collect();
+            changes = token_changes(&ns, "consumer");
             changes.len() >= 2
         },
     );
@@ -487,6 +479,147 @@ fn the_standalone_writer_keeps_the_secret_that_consumer_pods_mount() {
             .collect::<Vec<_>>()
             .join(", "),
         sync_frequency(&node)
+    );
+}
+
+/// The consumer pod's log lines saying the mounted token changed: when, and the expiry.
+fn token_changes(ns: &Namespace, pod: &str) -> Vec<(SystemTime, SystemTime)> {
+    timestamped(
+        &ns.try_kubectl(&["logs", pod, "--timestamps"])
+            .unwrap_or_default(),
+    )
+    .into_iter()
+    .filter_map(|(at, line)| {
+        let expires = line.strip_prefix("token changed; expires_at=")?;
+        Some((at, humantime::parse_rfc3339_weak(expires).ok()?))
+    })
+    .collect()
+}
+
+#[test]
+#[ignore = "needs a cluster node: FISKIL_CLUSTER_NODE=1 tests/cluster/up.sh DIR, then FISKIL_CLUSTER_DIR=DIR"]
+fn the_controller_keeps_a_fiskiltokens_secret_that_consumer_pods_mount() {
+    // Long enough for the kubelet's default sync (60-90 s) to deliver a token before it expires.
+    const EXPIRES_IN: i64 = 120;
+    let node = Node::connect();
+    // Not restricted: the controller runs on the host network, the only way to the API server.
+    let ns = node.namespace("e2e-controller", false);
+    let stand_in = node.stand_in("e2e-ctl-client", "e2e-ctl-secret", EXPIRES_IN);
+    ns.credentials(CREDENTIALS, "e2e-ctl-client", "e2e-ctl-secret");
+    ns.ca_config_map(CA, stand_in.ca_pem());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut flags = chart_flags(&node, &stand_in);
+    flags.extend([
+        "--set=controller.enabled=true".into(),
+        // On the host network a second replica on this one node would need the same port; one
+        // replica still elects itself through the Lease.
+        "--set=controller.replicas=1".into(),
+        format!("--set=port={port}"),
+        "--set=extraEnv[0].name=KUBERNETES_SERVICE_HOST".into(),
+        "--set=extraEnv[0].value=127.0.0.1".into(),
+        "--set=extraEnv[1].name=KUBERNETES_SERVICE_PORT".into(),
+        format!("--set-string=extraEnv[1].value={}", node.apiserver_port),
+    ]);
+    ns.helm_install("e2e", &flags);
+    let deployment = ns.kubectl(&["get", "deployment", "-l", CONTROLLER, "-o", "name"]);
+    ns.kubectl(&[
+        "patch",
+        deployment.trim(),
+        "-p",
+        r#"{"spec":{"template":{"spec":{"hostNetwork":true}}}}"#,
+    ]);
+    let controller = ns.wait_pod(CONTROLLER, POD_START, "the controller pod, ready", |p| {
+        p["spec"]["hostNetwork"] == true
+            && container_status(p, "controller").is_some_and(|s| s["ready"] == true)
+    });
+    // The CRDs came with the chart; a team asks for a token with its own credentials.
+    ns.apply(
+        &serde_json::json!({
+            "apiVersion": "fiskil-token-refresher.io/v1alpha1",
+            "kind": "FiskilCredential",
+            "metadata": {"name": "team"},
+            "spec": {"secretRef": {"name": CREDENTIALS}},
+        })
+        .to_string(),
+    );
+    ns.apply(
+        &serde_json::json!({
+            "apiVersion": "fiskil-token-refresher.io/v1alpha1",
+            "kind": "FiskilToken",
+            "metadata": {"name": "api"},
+            "spec": {
+                "credentialRef": {"kind": "FiskilCredential", "name": "team"},
+                "secretName": "fiskil-token",
+            },
+        })
+        .to_string(),
+    );
+    eventually_every(
+        "the FiskilToken Ready with its Secret",
+        Duration::from_secs(60),
+        NODE_PROBE_EVERY,
+        || {
+            let ready = ns.try_kubectl(&[
+                "get",
+                "fiskiltoken",
+                "api",
+                "-o",
+                r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+            ]);
+            let token = ns.try_kubectl(&[
+                "get",
+                "secret",
+                "fiskil-token",
+                "-o",
+                r#"go-template={{index .data "token" | base64decode}}"#,
+            ]);
+            ready.is_ok_and(|r| r == "True") && token.is_ok_and(|t| stand_in.issued().contains(&t))
+        },
+    );
+    ns.apply(&consumer_pod("fiskil-token"));
+    ns.wait_pod("app=consumer", POD_START, "the consumer pod", |p| {
+        running(p, "consumer")
+    });
+    let mut changes = Vec::new();
+    eventually_every(
+        "a refreshed token in the consumer pod",
+        Duration::from_secs(4 * EXPIRES_IN as u64),
+        NODE_PROBE_EVERY,
+        || {
+            changes = token_changes(&ns, "consumer");
+            changes.len() >= 2
+        },
+    );
+    let delays: Vec<f64> = changes[1..]
+        .iter()
+        .map(|(seen_at, expires_at)| {
+            let issued_at = *expires_at - Duration::from_secs(EXPIRES_IN as u64);
+            seconds_between(issued_at, *seen_at)
+        })
+        .collect();
+    assert!(
+        delays.iter().all(|d| *d < EXPIRES_IN as f64),
+        "a token reached the consumer only after it had expired: {delays:?}"
+    );
+    assert_log_clean(&ns, &name(&controller), &stand_in, "e2e-ctl-secret");
+    // The Secret belongs to the FiskilToken: the garbage collector deletes it with it.
+    ns.kubectl(&["delete", "fiskiltoken", "api"]);
+    eventually_every(
+        "the Secret deleted with its FiskilToken",
+        Duration::from_secs(60),
+        NODE_PROBE_EVERY,
+        || ns.try_kubectl(&["get", "secret", "fiskil-token"]).is_err(),
+    );
+    println!(
+        "measured: controller token issued -> seen in a consumer pod's Secret volume: {} s",
+        delays
+            .iter()
+            .map(|d| format!("{d:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }
 
