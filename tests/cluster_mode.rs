@@ -350,6 +350,20 @@ async fn fiskiltokens_in_many_namespaces_share_one_exchange_per_credential() {
         );
     }
 
+    // `kubectl explain` reads the descriptions of the structural schema.
+    let explained = std::process::Command::new(&kubectl)
+        .args(["explain", "fiskiltoken.spec.credentialRef"])
+        .env("KUBECONFIG", cluster.dir.join("kubeconfig"))
+        .output()
+        .expect("kubectl explain");
+    let explained = String::from_utf8_lossy(&explained.stdout);
+    assert!(
+        explained.contains("The credentials the token is requested with")
+            && explained
+                .contains("FiskilCredential (in this namespace) or ClusterFiskilCredential"),
+        "{explained}"
+    );
+
     // Metrics per credential, never per FiskilToken.
     let users = controller.metric(&format!(
         "fiskil_token_refresher_credential_fiskiltokens{{credential=\"ClusterFiskilCredential/{cred_a}\"}}"
