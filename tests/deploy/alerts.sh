@@ -12,7 +12,11 @@
 #   lower expiry threshold;
 # - every alert has a severity, summary, a description saying what to check and
 #   a runbook pointer, and a runbook section in the chart README and the main
-#   README;
+#   README (the writer's alerts and cluster mode's);
+# - cluster mode (controller.enabled) renders the leader alerts and none of the
+#   writer's per-output alerts, and its alerts use only the metric names the
+#   controller registers (src/controller/metrics.rs and the shared families),
+#   with a negative control;
 # - runs the daemon (debug build, or FISKIL_TEST_BINARY) against the HTTPS
 #   stand-in, scrapes its /metrics, and checks that the dashboard and the alerts
 #   use only metric names the scrape declares (a binary built before leader
@@ -84,9 +88,11 @@ for test_file in "${DEPLOY_TESTS_DIR}"/alerts/*.test.yaml; do
     check "promtool test rules alerts/${name}.test.yaml" promtool_test "${dir}"
 done
 
-# monitoring.yaml turns every alert on: each has its runbook, and only they do.
-check "every alert has a runbook section in the chart README and a row in the README" \
-    "${MON[@]}" runbooks "${out}/monitoring/rendered.yaml" "${CHART_DIR}/README.md" "${REPO_ROOT}/README.md"
+# monitoring.yaml turns every writer alert on, prometheusrule-controller.yaml every cluster-mode
+# alert: each has its runbook, and only they do.
+check "every alert (writer and cluster mode) has a runbook section in the chart README and a row in the README" \
+    "${MON[@]}" runbooks "${out}/monitoring/rendered.yaml" "${out}/controller/rendered.yaml" \
+    "${CHART_DIR}/README.md" "${REPO_ROOT}/README.md"
 
 # The tests can fail: one alert's threshold lowered, the default tests must notice.
 mutant_fails() {
@@ -103,6 +109,13 @@ leader_alerts_by_default() { [[ $(grep -c 'alert: FiskilTokenRefresher\(NoLeader
 check "the leader alerts are in the defaults (leaderElection.enabled is the default)" leader_alerts_by_default
 no_leader_alerts_without_election() { ! grep -q 'NoLeader\|MultipleLeaders' "${out}/single-writer/rules-full.yaml"; }
 check "no leader alerts without leader election" no_leader_alerts_without_election
+controller_leader_alerts() { [[ $(grep -c 'alert: FiskilTokenRefresher\(NoLeader\|MultipleLeaders\)' "${out}/controller/rules-full.yaml") -eq 2 ]]; }
+check "cluster mode has the leader alerts, even with leaderElection.enabled false" controller_leader_alerts
+controller_no_writer_alerts() {
+    ! grep -E 'alert: FiskilToken(ExpiringSoon|Expired|OutputWriteFailing)$|fiskil_token_refresher_output_' \
+        "${out}/controller/rules-full.yaml"
+}
+check "cluster mode has none of the writer's per-output alerts or output_* metrics" controller_no_writer_alerts
 
 # -------------------------------------------- the daemon's real /metrics ---
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -160,6 +173,37 @@ check "the dashboard and the default alerts use only metrics the scrape declares
     --rules "${out}/defaults/rendered.yaml" "${leader_gauge[@]}"
 check "with every monitoring value set, the alerts use only metrics the scrape declares" \
     "${MON[@]}" names "${out}/metrics.txt" --rules "${out}/monitoring/rendered.yaml" "${leader_gauge[@]}"
+# The controller needs a cluster to run, so its metric names come from the source: the
+# families src/controller/metrics.rs registers, and the daemon's families the README's
+# "Cluster mode" section says it shares (refresh_total, refresh_duration_seconds, leader,
+# build_info), as this scrape declares them.
+controller_metrics() { # controller_metrics OUT: a /metrics-like list of # TYPE lines
+    {
+        grep -E '^# TYPE fiskil_token_refresher_(refresh|refresh_duration_seconds|leader|build_info) ' "${out}/metrics.txt"
+        "${PYTHON}" - "${REPO_ROOT}/src/controller/metrics.rs" <<'PY'
+import re, sys
+src = open(sys.argv[1]).read()
+kinds = {"Counter": "counter", "Gauge": "gauge", "FloatGauge": "gauge"}
+found = re.findall(r"Family::<\w+, (\w+)>::default\(\);\s*base\.register\(\s*\"(\w+)\"", src)
+if len(found) < 6:
+    sys.exit(f"expected 6 families in {sys.argv[1]}, found {found}")
+for kind, name in found:
+    print(f"# TYPE fiskil_token_refresher_{name} {kinds[kind]}")
+PY
+    } >"$1"
+    cat "$1"
+    [[ $(grep -c '^# TYPE' "$1") -ge 10 ]]
+}
+check "the controller's metric names, from src/controller/metrics.rs and the shared families" \
+    controller_metrics "${out}/controller-metrics.txt"
+check "the cluster-mode alerts use only metrics the controller exports" \
+    "${MON[@]}" names "${out}/controller-metrics.txt" --rules "${out}/controller/rendered.yaml"
+writer_metric_in_controller_caught() {
+    sed 's/fiskil_token_refresher_credential_token_expiry_timestamp_seconds/fiskil_token_refresher_output_token_expiry_timestamp_seconds/' \
+        "${out}/controller/rendered.yaml" >"${out}/controller-bogus.yaml"
+    ! "${MON[@]}" names "${out}/controller-metrics.txt" --rules "${out}/controller-bogus.yaml"
+}
+check "negative control: a cluster-mode alert on a writer-only metric is caught" writer_metric_in_controller_caught
 bogus_name_caught() {
     sed 's/fiskil_token_refresher_credential_reloads_total/fiskil_token_refresher_credential_reload_total/' \
         "${dashboard}" >"${out}/bogus-dashboard.json"

@@ -782,6 +782,11 @@ ALERTS = ("FiskilTokenExpiringSoon", "FiskilTokenExpired", "FiskilTokenOutputWri
           "FiskilCredentialsRejected", "FiskilTokenRefreshFailing", "FiskilTokenRefresherDown",
           "FiskilTokenRefresherAbsent")
 LEADER_ALERTS = ("FiskilTokenRefresherNoLeader", "FiskilTokenRefresherMultipleLeaders")
+# Cluster mode: no per-output alert (the controller has no outputs), per-credential and
+# per-reason ones instead, and the leader alerts always (the controller always elects a leader).
+CONTROLLER_ALERTS = ("FiskilTokensNotReady", "FiskilCredentialTokenExpiringSoon", "FiskilCredentialTokenExpired",
+                     "FiskilCredentialsRejected", "FiskilTokenRefreshFailing", "FiskilTokenRefresherDown",
+                     "FiskilTokenRefresherAbsent") + LEADER_ALERTS
 
 
 def check_monitoring(ck, objs, exp, args):
@@ -797,7 +802,10 @@ def check_monitoring(ck, objs, exp, args):
         for k, val in (pr["labels"] or {}).items():
             ck.check(f"{rw}: label {k}={val}", rule["metadata"]["labels"].get(k) == val)
         rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
-        want = set(ALERTS) | (set(LEADER_ALERTS) if v["leaderElection"]["enabled"] else set())
+        if v["controller"]["enabled"]:
+            want = set(CONTROLLER_ALERTS)
+        else:
+            want = set(ALERTS) | (set(LEADER_ALERTS) if v["leaderElection"]["enabled"] else set())
         ck.check(f"{rw}: alerts {', '.join(sorted(want))}", {r.get("alert") for r in rules} == want,
                  str(sorted(r.get("alert") for r in rules)))
         selector = pr["selector"] or f'job="{exp["fullname"]}",namespace="{args.namespace}"'

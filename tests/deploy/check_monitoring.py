@@ -8,9 +8,10 @@
     check_monitoring.py annotations RENDERED.yaml
         Every alert has a severity, a summary, a description that says what to
         check and where its runbook is, and a runbook_url when runbookUrl is set.
-    check_monitoring.py runbooks RENDERED.yaml CHART_README MAIN_README
-        Every alert has a "#### <alert>" runbook section in the chart README and
-        is named in the main README's runbook section.
+    check_monitoring.py runbooks RENDERED.yaml [RENDERED.yaml ...] CHART_README MAIN_README
+        Every alert of the renders has a "#### <alert>" runbook section in the
+        chart README and is named in the main README's runbook section; every
+        runbook section is an alert of one of the renders.
     check_monitoring.py exported METRICS.txt
         Prints the sample names a /metrics scrape declares (from its # TYPE
         lines, so families without samples yet count too).
@@ -117,7 +118,8 @@ def cmd_annotations(rendered):
     return 1 if ck.failed else 0
 
 
-def cmd_runbooks(rendered, chart_readme, main_readme):
+def cmd_runbooks(*args):
+    *renders, chart_readme, main_readme = args
     ck = Checker()
     chart = open(chart_readme).read()
     main = open(main_readme).read()
@@ -127,7 +129,7 @@ def cmd_runbooks(rendered, chart_readme, main_readme):
     main_section = re.split(r"^## Alerts and dashboard$", main, maxsplit=1, flags=re.M)
     ck.check("main README has an \"## Alerts and dashboard\" section", len(main_section) == 2)
     main_text = re.split(r"^## ", main_section[-1], maxsplit=1, flags=re.M)[0]
-    names = [a["alert"] for a in alerts(rule_object(rendered))]
+    names = list(dict.fromkeys(a["alert"] for rendered in renders for a in alerts(rule_object(rendered))))
     for name in names:
         ck.check(f"{name}: \"#### {name}\" in the chart README's runbook", name in headings)
         ck.check(f"{name}: in the main README's alert table", f"`{name}`" in main_text)
