@@ -104,8 +104,16 @@ fn assert_app_reads_refreshed_tokens(ns: &Namespace, pod: &str, stand_in: &Stand
 }
 
 /// Fails if the refresher's log shows a token or the client secret.
-fn assert_log_clean(ns: &Namespace, pod: &str, stand_in: &StandIn, client_secret: &str) {
-    let log = ns.kubectl(&["logs", pod, "-c", "token-refresher"]);
+/// Asserts the refresher's container (`token-refresher`, or `controller` in cluster mode) logged,
+/// and logged neither the client secret nor a token.
+fn assert_log_clean(
+    ns: &Namespace,
+    pod: &str,
+    container: &str,
+    stand_in: &StandIn,
+    client_secret: &str,
+) {
+    let log = ns.kubectl(&["logs", pod, "-c", container]);
     assert!(!log.is_empty(), "the refresher logged nothing");
     assert!(
         !log.contains(client_secret),
@@ -210,7 +218,7 @@ fn the_sidecar_starts_first_and_the_app_reads_each_token_through_fs_group() {
     );
     // The app reads the token, then each refresh (6 s tokens, refreshed after ~5 s).
     assert_app_reads_refreshed_tokens(&ns, &pod_name, &stand_in);
-    assert_log_clean(&ns, &pod_name, &stand_in, "e2e-secret");
+    assert_log_clean(&ns, &pod_name, "token-refresher", &stand_in, "e2e-secret");
     println!(
         "measured: sidecar's first log line -> first token request {:.2} s -> app's first log \
          line {:.2} s (sidecar start -> app start {:.0} s in the kubelet's whole seconds)",
@@ -306,8 +314,8 @@ fn credentials_rotated_in_the_secret_reach_the_sidecar_through_the_kubelet() {
             app_token(&ns, &pod_name).is_some_and(|t| issued[before..].contains(&t))
         },
     );
-    assert_log_clean(&ns, &pod_name, &stand_in, "e2e-secret-2");
-    assert_log_clean(&ns, &pod_name, &stand_in, "e2e-secret-1");
+    assert_log_clean(&ns, &pod_name, "token-refresher", &stand_in, "e2e-secret-2");
+    assert_log_clean(&ns, &pod_name, "token-refresher", &stand_in, "e2e-secret-1");
     println!(
         "measured: credentials Secret updated (kubectl apply) -> first exchange with the new \
          credentials {:.1} s (kubelet syncFrequency {})",
@@ -464,7 +472,13 @@ fn the_standalone_writer_keeps_the_secret_that_consumer_pods_mount() {
         stand_in.issued().contains(&consumer_token),
         "the consumer holds a token the stand-in never issued"
     );
-    assert_log_clean(&ns, &name(&writer), &stand_in, "e2e-secret");
+    assert_log_clean(
+        &ns,
+        &name(&writer),
+        "token-refresher",
+        &stand_in,
+        "e2e-secret",
+    );
     let worst = delays.iter().copied().fold(0.0, f64::max);
     assert!(
         worst < EXPIRES_IN as f64,
@@ -523,7 +537,9 @@ fn the_controller_keeps_a_fiskiltokens_secret_that_consumer_pods_mount() {
         "--set=extraEnv[1].name=KUBERNETES_SERVICE_PORT".into(),
         format!("--set-string=extraEnv[1].value={}", node.apiserver_port),
     ]);
-    ns.helm_install("e2e", &flags);
+    // The ClusterRole and its binding are cluster-wide: a release name of this run's own keeps
+    // them apart from those of an earlier run on the same node.
+    ns.helm_install(&ns.name, &flags);
     let deployment = ns.kubectl(&["get", "deployment", "-l", CONTROLLER, "-o", "name"]);
     ns.kubectl(&[
         "patch",
@@ -604,7 +620,13 @@ fn the_controller_keeps_a_fiskiltokens_secret_that_consumer_pods_mount() {
         delays.iter().all(|d| *d < EXPIRES_IN as f64),
         "a token reached the consumer only after it had expired: {delays:?}"
     );
-    assert_log_clean(&ns, &name(&controller), &stand_in, "e2e-ctl-secret");
+    assert_log_clean(
+        &ns,
+        &name(&controller),
+        "controller",
+        &stand_in,
+        "e2e-ctl-secret",
+    );
     // The Secret belongs to the FiskilToken: the garbage collector deletes it with it.
     ns.kubectl(&["delete", "fiskiltoken", "api"]);
     eventually_every(
@@ -864,7 +886,13 @@ fn rejected_credentials_hold_the_app_back_and_the_events_say_why() {
         log.contains("401"),
         "the refresher's log names the rejection"
     );
-    assert_log_clean(&ns, &pod_name, &stand_in, "a-wrong-secret");
+    assert_log_clean(
+        &ns,
+        &pod_name,
+        "token-refresher",
+        &stand_in,
+        "a-wrong-secret",
+    );
     assert!(
         !stand_in.seen().is_empty(),
         "the refresher asked for a token"
@@ -1092,7 +1120,7 @@ fn a_label_adds_the_sidecar_the_app_reads_refreshed_tokens_and_nothing_else_chan
     let pod_name = name(&pod);
     assert_injected_once(&pod);
     assert_app_reads_refreshed_tokens(&ns, &pod_name, &stand_in);
-    assert_log_clean(&ns, &pod_name, &stand_in, "e2e-secret");
+    assert_log_clean(&ns, &pod_name, "token-refresher", &stand_in, "e2e-secret");
 
     // No injector: no webhook configuration, and the release is the policies alone.
     assert_eq!(
