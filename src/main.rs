@@ -1,10 +1,11 @@
 //! Entry point: parse the command line, set up logging, run, and map the outcome to an exit code.
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::Parser;
 use fiskil_token_refresher::{
-    App, Args, Command, Config, Controller, ControllerArgs, ControllerConfig, ExplainArgs,
+    App, Args, Command, Config, ConfigError, Controller, ControllerConfig, Error, ExplainArgs,
 };
 
 fn main() -> ExitCode {
@@ -16,24 +17,52 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let mut args = Args::parse();
+    let env = |name: &str| std::env::var(name).ok();
     match args.command.take() {
-        Some(Command::Explain(explain)) => return explain_timing(&explain),
-        Some(Command::Controller(controller)) => return cluster_mode(controller),
-        None => {}
+        Some(Command::Explain(explain)) => explain_timing(&explain),
+        // Cluster mode, with the daemon's logging and exit codes.
+        Some(Command::Controller(controller)) => run(
+            ControllerConfig::from_args(controller, env),
+            ControllerConfig::init_logging,
+            |config| async { Controller::build(config).await?.run().await },
+        ),
+        None => run(
+            Config::from_args(args, env),
+            Config::init_logging,
+            |config| async { App::build(config).await?.run().await },
+        ),
     }
-    let config = match Config::from_args(args, |name| std::env::var(name).ok()) {
+}
+
+/// A configuration error exits 2 before anything starts; otherwise logging is set up and `mode`
+/// runs on a single-threaded runtime, its error mapped to its exit code.
+fn run<C, F>(
+    config: Result<C, ConfigError>,
+    init_logging: fn(&C),
+    mode: impl FnOnce(C) -> F,
+) -> ExitCode
+where
+    F: Future<Output = Result<(), Error>>,
+{
+    let config = match config {
         Ok(config) => config,
         Err(e) => {
             eprintln!("fiskil-token-refresher: error: {e}");
             return ExitCode::from(2);
         }
     };
-    config.init_logging();
-    let Some(runtime) = runtime() else {
-        return ExitCode::from(1);
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
     };
-    let outcome = runtime.block_on(async { App::build(config).await?.run().await });
-    match outcome {
+    match runtime.block_on(mode(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "exiting");
@@ -52,43 +81,6 @@ fn explain_timing(args: &ExplainArgs) -> ExitCode {
         Err(e) => {
             eprintln!("fiskil-token-refresher: error: {e}");
             ExitCode::from(2)
-        }
-    }
-}
-
-/// `controller`: cluster mode, with the daemon's exit codes.
-fn cluster_mode(args: ControllerArgs) -> ExitCode {
-    let config = match ControllerConfig::from_args(args, |name| std::env::var(name).ok()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("fiskil-token-refresher: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    config.init_logging();
-    let Some(runtime) = runtime() else {
-        return ExitCode::from(1);
-    };
-    let outcome = runtime.block_on(async { Controller::build(config).await?.run().await });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "exiting");
-            ExitCode::from(e.exit_code())
-        }
-    }
-}
-
-/// The single-threaded runtime every mode runs on; `None` (logged) if it cannot start.
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => Some(runtime),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            None
         }
     }
 }
