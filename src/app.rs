@@ -152,7 +152,7 @@ impl App {
                 };
                 let timeout = config.http.request_timeout;
                 let namespace = config.downward.namespace.as_deref();
-                Some(Kube::connect(timeout, needed, namespace).await?)
+                Some(Kube::connect(timeout, needed, namespace, &config.http.trust).await?)
             }
         };
         let mut outputs = Vec::new();

@@ -737,3 +737,36 @@ fn a_fifo_as_the_pid_file_never_freezes_the_daemon() {
     });
     fixture.assert_logs_clean(&daemon);
 }
+
+#[test]
+fn a_kubeconfig_credential_plugin_is_refused_at_start_and_never_run() {
+    let fixture = Fixture::new("kube-exec", 900);
+    let api = FakeApi::start(ApiMode::Ok);
+    let ran = fixture.dir.path().join("plugin-ran");
+    let kubeconfig = fixture.dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"http://{}\"}}}}]\n\
+             users: [{{name: u, user: {{exec: {{apiVersion: client.authentication.k8s.io/v1, \
+             command: /bin/sh, args: [-c, \"touch {}\"], interactiveMode: Never}}}}}}]\n\
+             contexts: [{{name: x, context: {{cluster: c, user: u, namespace: team}}}}]\ncurrent-context: x\n",
+            api.addr,
+            ran.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = spawn_with_env(
+        &fixture,
+        &["--secret-name", "token"],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let status = daemon.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(2));
+    daemon.wait_log(
+        "authenticates with an exec credential plugin, which fiskil-token-refresher does not run",
+    );
+    assert!(daemon.logs().len() <= 3, "{:?}", daemon.logs());
+    assert!(!ran.exists(), "the plugin ran");
+    assert_eq!(api.requests(), 0);
+}

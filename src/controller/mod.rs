@@ -144,7 +144,8 @@ impl Controller {
     pub async fn build(config: ControllerConfig) -> Result<Controller, Error> {
         let namespace = config.downward.namespace.as_deref();
         let timeout = config.http.request_timeout;
-        let kube = Kube::connect_watching(timeout, "controller", namespace).await?;
+        let kube =
+            Kube::connect_watching(timeout, "controller", namespace, &config.http.trust).await?;
         let signals = Signals::install().map_err(Error::Signals)?;
         let admin = serve::bind(config.listen).map_err(|source| Error::Listen {
             addr: config.listen,

@@ -2,7 +2,11 @@
 //! name and namespace from the downward API.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::kubernetes::transport::{self, TransportError};
+use crate::trust::TrustSources;
 
 /// Where a pod finds its own namespace.
 pub(crate) const SERVICE_ACCOUNT_NAMESPACE: &str =
@@ -19,8 +23,8 @@ pub enum KubeSetupError {
         needed: &'static str,
         source: kube::config::InferConfigError,
     },
-    #[error("cannot build the Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
 }
 
 /// A connected client and the namespace things default to.
@@ -36,12 +40,15 @@ impl Kube {
     /// ServiceAccount). The client does not retry on its own: callers retry with their own
     /// backoff, and `timeout` bounds each connection, read and write. `needed` names the
     /// option that needs the connection, for the error; `pod_namespace_env` is `POD_NAMESPACE`.
+    /// An API server whose CA the configuration does not give is checked against `trust`'s
+    /// built-in roots and system bundles (not `--ca-file`, which is the token endpoint's).
     pub(crate) async fn connect(
         timeout: Duration,
         needed: &'static str,
         pod_namespace_env: Option<&str>,
+        trust: &TrustSources,
     ) -> Result<Kube, KubeSetupError> {
-        Self::connect_reading(timeout, timeout, needed, pod_namespace_env).await
+        Self::connect_reading(timeout, timeout, needed, pod_namespace_env, trust).await
     }
 
     /// As [`Kube::connect`], for a client that also watches: a watch may stay quiet until the
@@ -51,8 +58,9 @@ impl Kube {
         timeout: Duration,
         needed: &'static str,
         pod_namespace_env: Option<&str>,
+        trust: &TrustSources,
     ) -> Result<Kube, KubeSetupError> {
-        Self::connect_reading(timeout, WATCH_READ, needed, pod_namespace_env).await
+        Self::connect_reading(timeout, WATCH_READ, needed, pod_namespace_env, trust).await
     }
 
     async fn connect_reading(
@@ -60,6 +68,7 @@ impl Kube {
         read_timeout: Duration,
         needed: &'static str,
         pod_namespace_env: Option<&str>,
+        trust: &TrustSources,
     ) -> Result<Kube, KubeSetupError> {
         let mut config = kube::Config::infer()
             .await
@@ -71,7 +80,11 @@ impl Kube {
         let default_namespace =
             pod_namespace(pod_namespace_env, Path::new(SERVICE_ACCOUNT_NAMESPACE))
                 .unwrap_or_else(|| config.default_namespace.clone());
-        let client = kube::Client::try_from(config).map_err(KubeSetupError::Client)?;
+        let system = TrustSources {
+            ca_file: None,
+            ..trust.clone()
+        };
+        let client = transport::client(&config, || Ok(Arc::new(system.root_store()?)))?;
         Ok(Kube {
             client,
             default_namespace,

@@ -6,3 +6,4 @@ pub(crate) mod events;
 pub(crate) mod lease;
 #[cfg(test)]
 pub(crate) mod mock_api;
+pub(crate) mod transport;
