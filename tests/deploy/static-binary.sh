@@ -17,7 +17,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 TARGET=x86_64-unknown-linux-musl
 # The builder stage's command, word for word; checked against the Dockerfile.
 CARGO_CMD=(cargo auditable build --release --locked --target "${TARGET}" -p fiskil-token-refresher)
-MAX_BYTES=$((15 * 1000 * 1000))
+# The size the project holds itself to with every feature in (README, Benchmarks): a sidecar's
+# image is pulled onto every node that runs one.
+MAX_BYTES=$((6 * 1000 * 1000))
 
 skip() {
     printf 'SKIP: static musl binary not built: %s\n' "$*"
@@ -122,7 +124,7 @@ PY
 check "binary is statically linked (no ELF interpreter)" elf_static
 
 size=$(stat -c %s "${binary}")
-check "binary is ${size} bytes (< ${MAX_BYTES}; distroless/static adds about 2 MB)" test "${size}" -lt "${MAX_BYTES}"
+check "binary is ${size} bytes (at most ${MAX_BYTES}; distroless/static adds about 2 MB)" test "${size}" -le "${MAX_BYTES}"
 
 # cargo-auditable's section: the dependency list as zlib-compressed JSON.
 has_dependency_list() {
