@@ -550,6 +550,64 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn a_client_certificate_comes_from_data_or_files_and_needs_its_key() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["writer".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+        let from_data = kube::config::AuthInfo {
+            client_certificate_data: Some(b64(&cert_pem)),
+            client_key_data: Some(b64(&key_pem).into()),
+            ..Default::default()
+        };
+        let (chain, _) = identity(&from_data).unwrap().unwrap();
+        assert_eq!(chain, vec![cert.der().clone()]);
+
+        let dir = work_dir("identity");
+        let (cert_file, key_file) = (dir.join("client.crt"), dir.join("client.key"));
+        std::fs::write(&cert_file, &cert_pem).unwrap();
+        std::fs::write(&key_file, &key_pem).unwrap();
+        let from_files = kube::config::AuthInfo {
+            client_certificate: Some(cert_file.to_str().unwrap().to_owned()),
+            client_key: Some(key_file.to_str().unwrap().to_owned()),
+            ..Default::default()
+        };
+        let (chain, _) = identity(&from_files).unwrap().unwrap();
+        assert_eq!(chain, vec![cert.der().clone()]);
+
+        let error = |auth: &kube::config::AuthInfo| identity(auth).err().unwrap().to_string();
+        let no_key = kube::config::AuthInfo {
+            client_certificate_data: Some(b64(&cert_pem)),
+            ..Default::default()
+        };
+        assert!(error(&no_key).contains("a certificate or a key, not both"));
+        let not_base64 = kube::config::AuthInfo {
+            client_certificate_data: Some("%%%".to_owned()),
+            client_key_data: Some(b64(&key_pem).into()),
+            ..Default::default()
+        };
+        assert!(error(&not_base64)
+            .contains("client certificate cannot be used: its data is not base64"));
+        let swapped = kube::config::AuthInfo {
+            client_certificate: Some(key_file.to_str().unwrap().to_owned()),
+            client_key: Some(cert_file.to_str().unwrap().to_owned()),
+            ..Default::default()
+        };
+        assert!(error(&swapped).contains("no PEM certificate found"));
+        let missing = kube::config::AuthInfo {
+            client_certificate: Some(dir.join("nope").to_str().unwrap().to_owned()),
+            client_key: Some(key_file.to_str().unwrap().to_owned()),
+            ..Default::default()
+        };
+        assert!(error(&missing).contains("cannot read the Kubernetes client certificate"));
+        assert!(identity(&Default::default()).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Sends one request; the stand-in's API side answers 401 to the tokens it did not issue,
     /// which still shows that the TLS handshake passed and the token arrived.
     async fn send(client: &kube::Client) -> Result<(), kube::Error> {
