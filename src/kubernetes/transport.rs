@@ -91,7 +91,11 @@ fn client_rereading(
     }
     let https = config.cluster_url.scheme_str() == Some("https");
     if !https && !is_loopback(&config.cluster_url) {
-        return Err(TransportError::PlainHttp(config.cluster_url.to_string()));
+        // Host and port only: a URL's user information may hold a password.
+        let url = &config.cluster_url;
+        let port = url.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+        let host = url.host().unwrap_or_default();
+        return Err(TransportError::PlainHttp(format!("http://{host}{port}")));
     }
     let credential = Credential::new(auth, every)?;
     let tls = tls_config(config, default_roots, every)?;
@@ -507,8 +511,13 @@ mod tests {
         let message = refusal(&proxied);
         assert!(message.contains("proxy-url"));
         assert!(!message.contains("hunter2"), "{message}");
-        let plain = config("http://api.example:8080");
-        assert!(refusal(&plain).contains("plain http:// and not on loopback"));
+        let plain = config("http://admin:hunter2@api.example:8080");
+        let message = refusal(&plain);
+        assert!(
+            message.contains("http://api.example:8080 is plain http:// and not on loopback"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
         for loopback in [
             "http://127.0.0.1:8001",
             "http://[::1]:8001",
