@@ -95,8 +95,10 @@ pub struct Args {
     pub(crate) log: LogArgs,
 }
 
-/// What to do instead of running the daemon.
+/// What to do instead of running the daemon. The subcommands' options are defined only when one
+/// is named on the command line, so starting the daemon does not build them.
 #[derive(clap::Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// Print what the timing options will do (refresh window, margin, retries, outage recovery,
     /// load for N pods) without sending any request

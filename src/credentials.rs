@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{EventKind, RecursiveMode, Watcher};
+use futures::{FutureExt, StreamExt};
+use inotify::{EventStream, Inotify, WatchMask};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -335,8 +336,7 @@ async fn run_watcher(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let (events_tx, mut events) = mpsc::channel::<()>(1);
-    let _watcher = start_file_watch(&sources.directories(), events_tx);
+    let mut changes = watch_directories(&sources.directories());
     let mut poll = tokio::time::interval(sources.poll_interval);
     let sources = Arc::new(sources);
     poll.tick().await;
@@ -344,9 +344,11 @@ async fn run_watcher(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = poll.tick() => {}
-            Some(()) = events.recv() => {
+            () = next_change(&mut changes) => {
                 tokio::time::sleep(SETTLE).await;
-                while events.try_recv().is_ok() {}
+                if let Some(events) = changes.as_mut() {
+                    while events.next().now_or_never().is_some() {}
+                }
             }
         }
         let reader = Arc::clone(&sources);
@@ -371,30 +373,60 @@ async fn run_watcher(
     }
 }
 
-/// Starts an inotify-style watch on the directories; returns `None` (polling only) on failure.
-fn start_file_watch(
-    directories: &BTreeSet<PathBuf>,
-    events: mpsc::Sender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    let handler = move |result: notify::Result<notify::Event>| {
-        // Opening and reading the files (our own re-reads included) is not a change.
-        if result.is_ok_and(|event| !matches!(event.kind, EventKind::Access(_))) {
-            let _ = events.try_send(());
-        }
-    };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(watcher) => watcher,
+/// What changes a credential file in a watched directory: a Secret volume's `..data` symlink
+/// swapped by rename, files created, removed, written or re-moded, the directory itself moved or
+/// removed. Opening and reading (our own re-reads included) are not watched.
+const CHANGES: WatchMask = WatchMask::CREATE
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::MODIFY)
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF);
+
+/// Room for at least one event with the longest file name (16 bytes + 255 + NUL).
+type EventBuffer = [u8; 1024];
+
+/// An inotify watch on the directories, read on the runtime's reactor: no thread of its own and
+/// nothing that blocks. `None` (periodic re-reads only) when it cannot be set up.
+fn watch_directories(directories: &BTreeSet<PathBuf>) -> Option<EventStream<EventBuffer>> {
+    let inotify = match Inotify::init() {
+        Ok(inotify) => inotify,
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the credential files; relying on periodic re-reads");
             return None;
         }
     };
     for dir in directories {
-        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+        if let Err(e) = inotify.watches().add(dir, CHANGES) {
             tracing::warn!(error = %e, dir = %dir.display(), "cannot watch a credentials directory; relying on periodic re-reads");
         }
     }
-    Some(watcher)
+    match inotify.into_event_stream([0; 1024]) {
+        Ok(events) => Some(events),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the credential files; relying on periodic re-reads");
+            None
+        }
+    }
+}
+
+/// The next change in a watched directory. A watch that fails to read is dropped (periodic
+/// re-reads go on), so an error cannot turn into a busy loop; with no watch, never.
+async fn next_change(changes: &mut Option<EventStream<EventBuffer>>) {
+    let Some(events) = changes.as_mut() else {
+        return std::future::pending().await;
+    };
+    match events.next().await {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "the credential file watch failed; relying on periodic re-reads");
+            *changes = None;
+        }
+        None => *changes = None,
+    }
 }
 
 #[cfg(test)]
