@@ -627,4 +627,34 @@ mod tests {
         );
         assert!(!sources.has_files());
     }
+
+    #[tokio::test]
+    async fn the_watch_reports_a_data_swap_but_not_reads() {
+        let dir = temp_dir("watch");
+        for generation in ["..2026_12_07_1", "..2026_12_07_2"] {
+            std::fs::create_dir(dir.join(generation)).unwrap();
+            std::fs::write(dir.join(generation).join("client_id"), generation).unwrap();
+        }
+        std::os::unix::fs::symlink("..2026_12_07_1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/client_id", dir.join("client_id")).unwrap();
+        std::os::unix::fs::symlink("..2026_12_07_2", dir.join("..data_tmp")).unwrap();
+        std::fs::write(dir.join("client_secret"), "a plain file").unwrap();
+        let mut changes = watch_directories(&BTreeSet::from([dir.clone()]));
+        assert!(changes.is_some(), "no watch on {}", dir.display());
+
+        // Opening and reading, as every re-read does, is not a change.
+        for file in ["client_id", "client_secret"] {
+            std::fs::read(dir.join(file)).unwrap();
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(300), next_change(&mut changes));
+        assert!(quiet.await.is_err(), "a read was reported as a change");
+
+        // kubelet's swap: the `..data` link replaced by rename.
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), next_change(&mut changes))
+            .await
+            .expect("the swap was not reported");
+        assert!(changes.is_some(), "the watch was dropped");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
