@@ -136,7 +136,7 @@ struct Roots {
     store: rustls::RootCertStore,
     /// Files read, by device and inode.
     files: HashSet<(u64, u64)>,
-    /// Positions in `store` by the hash of their anchor.
+    /// Positions in `store` by the hash of their anchor's subject.
     index: HashMap<u64, Vec<usize>>,
     /// Hashes of the PEM blocks decoded so far.
     decoded: HashSet<u64>,
@@ -161,9 +161,11 @@ impl Roots {
         roots
     }
 
-    /// Adds `anchor` unless the store holds it already.
+    /// Adds `anchor` unless the store holds it already. Anchors are indexed by their subject
+    /// alone (a fraction of the bytes of the whole anchor, and hashing the built-in roots is on
+    /// every start's path); those with the same subject are compared whole.
     fn push(&mut self, anchor: rustls::pki_types::TrustAnchor<'static>) {
-        let hash = self.hasher.hash_one(&anchor);
+        let hash = self.hasher.hash_one(anchor.subject.as_ref());
         let same = self.index.entry(hash).or_default();
         if same.iter().any(|&i| self.store.roots[i] == anchor) {
             return;
@@ -352,6 +354,40 @@ mod tests {
         assert!(err.starts_with("cannot read --ca-file "), "{err}");
         let built_in = TrustSources::default().root_store().unwrap().len();
         assert!(built_in > 100, "{built_in} built-in roots");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A self-signed CA certificate named `name`, with a key of its own, as PEM.
+    fn ca_pem(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn each_anchor_is_held_once_and_a_shared_subject_keeps_both() {
+        let dir = std::env::temp_dir().join(format!("fiskil-trust-once-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        let (a, b) = (ca_pem("fiskil test CA"), ca_pem("fiskil other CA"));
+        // Another key under the same name: a different anchor that indexes alike.
+        let a_again = ca_pem("fiskil test CA");
+        std::fs::write(dir.join("ca.pem"), format!("{a}{a}{b}")).unwrap();
+        std::fs::write(dir.join("bundle.pem"), format!("{b}{a_again}")).unwrap();
+        // Not only certificate blocks: decoded whole, so its anchor meets the one already held.
+        std::fs::write(dir.join("certs").join("a.pem"), format!("# a again\n{a}")).unwrap();
+        let sources = TrustSources {
+            ca_file: Some(dir.join("ca.pem")),
+            cert_file: Some(dir.join("bundle.pem")),
+            cert_dirs: vec![dir.join("certs")],
+        };
+        let store = sources.root_store().unwrap();
+        let built_in = webpki_roots::TLS_SERVER_ROOTS.len();
+        assert_eq!(store.len(), built_in + 3, "a, b and a_again, each once");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
