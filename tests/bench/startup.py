@@ -8,6 +8,9 @@ contenders so that load from elsewhere on the machine spreads evenly over them.
 
 Measured:
 - process start to the token file existing (polled every 0.2 ms): median, min, max of --runs;
+- CPU time (all threads, /proc/PID/task/*/schedstat) and minor page faults (/proc/PID/stat) the
+  process had used when its token file was seen, medians of --runs: what the start-up costs on
+  a busy machine too, where the wall time also holds waits for a CPU;
 - anonymous memory (/proc/PID/smaps_rollup `Anonymous`: what each pod pays, while the binary's
   clean pages are shared through the page cache) and RSS after the first token, and for the
   daemons after --refreshes SIGHUP-driven refreshes (--min-refresh-interval 1ms);
@@ -46,6 +49,17 @@ def smaps_kib(pid, field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"no {field} in smaps_rollup")
+
+
+def cost(pid):
+    """CPU time in ms (every thread) and minor page faults of a running process."""
+    nanoseconds = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            nanoseconds += int(f.read().split()[0])
+    with open(f"/proc/{pid}/stat") as f:
+        faults = int(f.read().rsplit(")", 1)[1].split()[7])
+    return nanoseconds / 1e6, faults
 
 
 def main():
@@ -90,6 +104,7 @@ def main():
 
     contenders = daemons + ([("floor", args.floor)] if args.floor else [])
     walls = {label: [] for label, _ in contenders}
+    costs = {label: [] for label, _ in contenders}
     memory = {}
     try:
         for run in range(args.runs):
@@ -102,6 +117,7 @@ def main():
                                         stderr=subprocess.DEVNULL)
                 wait_for(lambda: os.path.exists(token), 10, f"{label}'s token", every=0.0002)
                 walls[label].append((time.perf_counter() - start) * 1000)
+                costs[label].append(cost(proc.pid))
                 stop(proc)
 
         for label, path in contenders:
@@ -171,6 +187,10 @@ def main():
         ratio = f" ({med / floor:.2f}× floor)" if floor and label != "floor" else ""
         cells.append(f"{med:.1f} ms{ratio}; min {min(walls[label]):.1f}, max {max(walls[label]):.1f}")
     print(f"| start to token file (median of {args.runs}) | {' | '.join(cells)} |")
+    cells = [f"{statistics.median(c for c, _ in costs[label]):.2f} ms" for label, _ in contenders]
+    print(f"| CPU time when the token file was seen (median) | {' | '.join(cells)} |")
+    cells = [f"{statistics.median(f for _, f in costs[label]):.0f}" for label, _ in contenders]
+    print(f"| minor page faults when the token file was seen (median) | {' | '.join(cells)} |")
     cells = [f"{memory[label][0][0]} KiB (RSS {memory[label][0][1]} KiB)" for label, _ in contenders]
     print(f"| anonymous memory after the first token | {' | '.join(cells)} |")
     cells = []
